@@ -1,0 +1,144 @@
+//! Parquet segments: how buffered batches become one sorted, compressed, bloom-filtered file,
+//! and how a segment is read back (compaction).
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::compute::{SortColumn, SortOptions, concat_batches, lexsort_to_indices, take_record_batch};
+use arrow::datatypes::TimestampNanosecondType;
+use bytes::Bytes;
+use meshscope_schemas::{Table, TraceId};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::SortingColumn;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+
+use super::StoreError;
+use super::manifest::FileEntry;
+
+/// Rows per data page: small pages let a trace-id lookup read kilobytes, not megabytes.
+const PAGE_ROWS: usize = 1000;
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// Concatenates and sorts a table's batches into segment order: spans by (trace_id,
+/// start_time), requests by time, stat_samples by (metric, time).
+pub fn sort_for_segment(table: Table, batches: &[RecordBatch]) -> Result<RecordBatch, StoreError> {
+    let batch = concat_batches(&table.schema(), batches)?;
+    if batch.num_rows() <= 1 {
+        return Ok(batch);
+    }
+    let key = |name: &str| -> Result<SortColumn, StoreError> {
+        let values = batch.column_by_name(name).ok_or_else(|| StoreError::Internal(format!("no column {name}")))?.clone();
+        Ok(SortColumn { values, options: Some(SortOptions { descending: false, nulls_first: false }) })
+    };
+    let mut keys = vec![key(table.sort_column())?];
+    if table.sort_column() != table.time_column() {
+        keys.push(key(table.time_column())?);
+    }
+    let idx = lexsort_to_indices(&keys, None)?;
+    Ok(take_record_batch(&batch, &idx)?)
+}
+
+pub fn writer_properties(table: Table, rows: usize) -> WriterProperties {
+    let schema = table.schema();
+    let sort_idx = schema.index_of(table.sort_column()).unwrap_or(0) as i32;
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(6).unwrap_or_default()))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_data_page_row_count_limit(PAGE_ROWS)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_sorting_columns(Some(vec![SortingColumn { column_idx: sort_idx, descending: false, nulls_first: false }]));
+    for col in table.bloom_filter_columns() {
+        let path = ColumnPath::from(*col);
+        b = b
+            .set_column_bloom_filter_enabled(path.clone(), true)
+            .set_column_bloom_filter_fpp(path.clone(), 0.01)
+            .set_column_bloom_filter_max_ndv(path, rows.clamp(1, ROW_GROUP_ROWS) as u64);
+    }
+    b.build()
+}
+
+/// Encodes a sorted batch as one Parquet file.
+pub fn encode_parquet(table: Table, batch: &RecordBatch) -> Result<Vec<u8>, StoreError> {
+    let mut out = Vec::with_capacity(batch.get_array_memory_size() / 4);
+    let mut w = ArrowWriter::try_new(&mut out, table.schema(), Some(writer_properties(table, batch.num_rows())))?;
+    w.write(batch)?;
+    w.close()?;
+    Ok(out)
+}
+
+/// Reads a whole Parquet file back into batches.
+pub fn decode_parquet(bytes: Bytes) -> Result<Vec<RecordBatch>, StoreError> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.with_batch_size(64 * 1024).build()?;
+    let mut out = Vec::new();
+    for b in reader {
+        out.push(b?);
+    }
+    Ok(out)
+}
+
+/// The manifest entry for a sorted batch written at `path`.
+pub fn file_entry(table: Table, batch: &RecordBatch, path: String, bytes: u64, level: u32) -> FileEntry {
+    let (min_time, max_time) = time_range(table, batch);
+    let (min_trace_id, max_trace_id) = match table.trace_id_column().and_then(|c| batch.column_by_name(c)) {
+        Some(col) => {
+            let ids = col.as_fixed_size_binary();
+            let mut lo: Option<&[u8]> = None;
+            let mut hi: Option<&[u8]> = None;
+            for i in 0..ids.len() {
+                if ids.is_valid(i) {
+                    let v = ids.value(i);
+                    lo = Some(lo.map_or(v, |l| l.min(v)));
+                    hi = Some(hi.map_or(v, |h| h.max(v)));
+                }
+            }
+            let hex = |v: Option<&[u8]>| v.and_then(|b| TraceId::from_hex(&hex_of(b)).ok()).map(|t| t.to_hex());
+            (hex(lo), hex(hi))
+        }
+        None => (None, None),
+    };
+    FileEntry { path, rows: batch.num_rows() as u64, bytes, min_time, max_time, min_trace_id, max_trace_id, level }
+}
+
+pub fn time_range(table: Table, batch: &RecordBatch) -> (i64, i64) {
+    let Some(col) = batch.column_by_name(table.time_column()) else { return (0, 0) };
+    let ts = col.as_primitive::<TimestampNanosecondType>();
+    let min = arrow::compute::min(ts).unwrap_or(0);
+    let max = arrow::compute::max(ts).unwrap_or(0);
+    (min, max)
+}
+
+/// Splits a batch into one batch per hour of its time column, in hour order.
+pub fn split_by_hour(table: Table, batch: &RecordBatch) -> Result<Vec<(i64, RecordBatch)>, StoreError> {
+    use super::manifest::hour_of;
+    let Some(col) = batch.column_by_name(table.time_column()) else {
+        return Err(StoreError::Internal("time column missing".into()));
+    };
+    let ts = col.as_primitive::<TimestampNanosecondType>();
+    if ts.is_empty() {
+        return Ok(vec![]);
+    }
+    let (min, max) = time_range(table, batch);
+    if hour_of(min) == hour_of(max) {
+        return Ok(vec![(hour_of(min), batch.clone())]);
+    }
+    let hours: Vec<i64> = ts.values().iter().map(|&t| hour_of(t)).collect();
+    let mut distinct = hours.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let mut out = Vec::with_capacity(distinct.len());
+    for h in distinct {
+        let mask = arrow::array::BooleanArray::from(hours.iter().map(|&x| x == h).collect::<Vec<_>>());
+        out.push((h, arrow::compute::filter_record_batch(batch, &mask)?));
+    }
+    Ok(out)
+}
+
+/// Arrow's in-memory size of batches, used for the buffer's memory bound.
+pub fn batches_size(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(|b| b.get_array_memory_size()).sum()
+}
+
+pub fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
