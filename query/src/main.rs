@@ -1,1 +1,72 @@
-fn main(){}
+//! The `meshscope` binary: serve (default), collector, query, demo, sql, bench.
+
+use std::process::ExitCode;
+
+use meshscope_collector::{Store, StoreConfig};
+use meshscope_query::api::Role;
+use meshscope_query::config::{self, BenchWhat, Command, SqlFormat};
+use meshscope_query::server;
+use meshscope_query::sql::{QueryEngine, SqlLimits, batches_to_json};
+
+fn main() -> ExitCode {
+    let cli = match config::parse_from(std::env::args().collect()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            // clap renders --help and --version as "errors" too
+            let msg = e.to_string();
+            return if msg.starts_with("Usage") || msg.contains("\nUsage:") && !msg.starts_with("error") { ExitCode::SUCCESS } else { ExitCode::from(2) };
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshscope: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cmd: Command) -> anyhow::Result<()> {
+    let (role, opts) = match cmd {
+        Command::Serve(o) => (Role::AllInOne, o),
+        Command::Collector(o) => (Role::Collector, o),
+        Command::Query(o) => (Role::Query, o),
+        Command::Demo(_) => anyhow::bail!("`meshscope demo` is not built yet; run `meshscope serve`"),
+        Command::Sql(o) => return sql(o).await,
+        Command::Bench(b) => {
+            server::init_logging("warn");
+            return match b.what {
+                BenchWhat::Storage { spans, writers, batch, dir } => meshscope_query::bench::storage(spans, writers, batch, dir).await,
+            };
+        }
+    };
+    let cfg = opts.validate(role == Role::Query)?;
+    server::init_logging(&cfg.log);
+    server::run(role, cfg, server::shutdown_signal()).await
+}
+
+async fn sql(o: config::SqlOpts) -> anyhow::Result<()> {
+    server::init_logging("warn");
+    let mut cfg = StoreConfig::local(&o.data_dir);
+    cfg.location = o.data_dir.clone();
+    if let Some(w) = &o.wal_dir {
+        cfg.wal_dir = w.clone();
+    }
+    cfg.read_only = true;
+    let store = Store::open(cfg).await?;
+    let engine = QueryEngine::new(store)?;
+    let out = engine.query(&o.query, SqlLimits { timeout: o.timeout, max_rows: o.max_rows }).await?;
+    match o.format {
+        SqlFormat::Table => println!("{}", arrow::util::pretty::pretty_format_batches(&out.batches)?),
+        SqlFormat::Json => println!("{}", String::from_utf8_lossy(&batches_to_json(&out.batches)?)),
+    }
+    Ok(())
+}

@@ -276,6 +276,12 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("location", &self.inner.cfg.location).finish()
+    }
+}
+
 /// Old files stay this long after compaction replaced them, for queries already running.
 const DELETE_GRACE: Duration = Duration::from_secs(60);
 const FOLLOWER_REFRESH: Duration = Duration::from_millis(250);

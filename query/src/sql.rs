@@ -1,0 +1,148 @@
+//! Read-only SQL over the three tables: queries only (no DDL, DML or SET), no file access,
+//! with a time limit and a row limit that answer a clear error when hit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use datafusion::error::DataFusionError;
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use futures::StreamExt;
+use meshscope_collector::Store;
+use meshscope_schemas::Table;
+
+use crate::provider::StoreTable;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    #[error("only read-only queries are allowed: {0}")]
+    NotReadOnly(String),
+    #[error("invalid query: {0}")]
+    Invalid(String),
+    #[error("the query ran longer than the time limit of {0:?}; narrow the time range or add filters")]
+    Timeout(Duration),
+    #[error("the result has more than {0} rows (the row limit); add a LIMIT or narrow the query")]
+    TooManyRows(usize),
+    #[error("query failed: {0}")]
+    Execution(String),
+}
+
+impl SqlError {
+    /// Whether the caller is at fault (400) rather than the server (500).
+    pub fn is_client_error(&self) -> bool {
+        !matches!(self, SqlError::Execution(_))
+    }
+}
+
+fn classify(e: DataFusionError) -> SqlError {
+    let msg = e.to_string();
+    if msg.contains("DDL not supported") || msg.contains("DML not supported") || msg.contains("Statement not supported") {
+        SqlError::NotReadOnly(msg)
+    } else {
+        match e {
+            DataFusionError::SQL(..) | DataFusionError::Plan(_) | DataFusionError::SchemaError(..) | DataFusionError::NotImplemented(_) => {
+                SqlError::Invalid(msg)
+            }
+            _ => SqlError::Execution(msg),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct SqlLimits {
+    pub timeout: Duration,
+    pub max_rows: usize,
+}
+
+impl Default for SqlLimits {
+    fn default() -> Self {
+        SqlLimits { timeout: Duration::from_secs(10), max_rows: 10_000 }
+    }
+}
+
+pub struct SqlOutput {
+    pub batches: Vec<RecordBatch>,
+    pub plan: Arc<dyn ExecutionPlan>,
+}
+
+/// A DataFusion session over the store's tables.
+#[derive(Clone)]
+pub struct QueryEngine {
+    ctx: SessionContext,
+    store: Store,
+}
+
+impl QueryEngine {
+    pub fn new(store: Store) -> Result<QueryEngine, DataFusionError> {
+        let mut cfg = SessionConfig::new().with_information_schema(true);
+        cfg.options_mut().execution.parquet.pushdown_filters = true;
+        cfg.options_mut().execution.parquet.reorder_filters = true;
+        let ctx = SessionContext::new_with_config(cfg);
+        // Table functions are not needed and generate unbounded rows.
+        ctx.deregister_udtf("generate_series");
+        ctx.deregister_udtf("range");
+        let url = url::Url::parse(store.object_store_url()).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        ctx.register_object_store(&url, store.object_store());
+        for t in Table::ALL {
+            ctx.register_table(t.name(), Arc::new(StoreTable::new(t, store.clone())?))?;
+        }
+        Ok(QueryEngine { ctx, store })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Runs one read-only query within the limits.
+    pub async fn query(&self, sql: &str, limits: SqlLimits) -> Result<SqlOutput, SqlError> {
+        let opts = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        let run = async {
+            let df = self.ctx.sql_with_options(sql, opts).await.map_err(classify)?;
+            let plan = df.create_physical_plan().await.map_err(classify)?;
+            let mut stream = execute_stream(plan.clone(), self.ctx.task_ctx()).map_err(classify)?;
+            let mut batches = Vec::new();
+            let mut rows = 0usize;
+            while let Some(b) = stream.next().await {
+                let b = b.map_err(classify)?;
+                rows += b.num_rows();
+                if rows > limits.max_rows {
+                    return Err(SqlError::TooManyRows(limits.max_rows));
+                }
+                batches.push(b);
+            }
+            Ok(SqlOutput { batches, plan })
+        };
+        match tokio::time::timeout(limits.timeout, run).await {
+            Ok(r) => r,
+            Err(_) => Err(SqlError::Timeout(limits.timeout)),
+        }
+    }
+
+    /// Runs a query and renders the rows as a JSON array of objects.
+    pub async fn query_json(&self, sql: &str, limits: SqlLimits) -> Result<Vec<u8>, SqlError> {
+        let out = self.query(sql, limits).await?;
+        batches_to_json(&out.batches).map_err(|e| SqlError::Execution(e.to_string()))
+    }
+}
+
+/// `[{"column": value, ...}, ...]` with explicit nulls; binary ids as hex.
+pub fn batches_to_json(batches: &[RecordBatch]) -> Result<Vec<u8>, arrow::error::ArrowError> {
+    let mut buf = Vec::new();
+    let mut w = arrow::json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, arrow::json::writer::JsonArray>(&mut buf);
+    for b in batches {
+        w.write(b)?;
+    }
+    w.finish()?;
+    drop(w);
+    if buf.is_empty() {
+        buf.extend_from_slice(b"[]");
+    }
+    Ok(buf)
+}
