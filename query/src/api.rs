@@ -45,19 +45,30 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    let mut r = Router::new().route("/api/v1/status", get(status)).route("/healthz", get(|| async { "ok" }));
+    let mut r = Router::new()
+        .route("/api/v1/status", get(status))
+        .route("/healthz", get(|| async { "ok" }));
     if state.role != Role::Collector {
         r = r.route("/", get(index)).route("/api/v1/sql", post(sql));
     }
     if state.role != Role::Query {
         r = r.route("/api/v1/ingest/rows/{table}", post(ingest_rows));
     }
-    r.layer(DefaultBodyLimit::max(max_body_bytes)).with_state(Arc::new(state))
+    r.layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(Arc::new(state))
 }
 
 /// A JSON error body `{"error": ..., "error_type": ...}` with a status code.
-pub fn error_response(status: StatusCode, error_type: &str, msg: impl std::fmt::Display) -> Response {
-    (status, Json(json!({"error": msg.to_string(), "error_type": error_type}))).into_response()
+pub fn error_response(
+    status: StatusCode,
+    error_type: &str,
+    msg: impl std::fmt::Display,
+) -> Response {
+    (
+        status,
+        Json(json!({"error": msg.to_string(), "error_type": error_type})),
+    )
+        .into_response()
 }
 
 /// How a storage error reaches an HTTP client: back-pressure is 429 with Retry-After.
@@ -102,10 +113,20 @@ struct SqlRequest {
 async fn sql(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
     let req: SqlRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, "bad_request", format!("body must be {{\"sql\": \"...\"}}: {e}")),
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("body must be {{\"sql\": \"...\"}}: {e}"),
+            );
+        }
     };
     let Some(engine) = &s.engine else {
-        return error_response(StatusCode::NOT_FOUND, "not_found", "this process does not serve queries");
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this process does not serve queries",
+        );
     };
     match engine.query_json(&req.sql, s.sql_limits).await {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
@@ -122,7 +143,11 @@ async fn sql(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
     }
 }
 
-async fn ingest_rows(State(s): State<Arc<AppState>>, Path(table): Path<String>, body: Bytes) -> Response {
+async fn ingest_rows(
+    State(s): State<Arc<AppState>>,
+    Path(table): Path<String>,
+    body: Bytes,
+) -> Response {
     let table = match Table::from_name(&table) {
         Ok(t) => t,
         Err(e) => return error_response(StatusCode::NOT_FOUND, "not_found", e),
@@ -130,8 +155,14 @@ async fn ingest_rows(State(s): State<Arc<AppState>>, Path(table): Path<String>, 
     let Ok(text) = String::from_utf8(body.to_vec()) else {
         return error_response(StatusCode::BAD_REQUEST, "bad_data", "body is not UTF-8");
     };
-    let Ok((batch, rejected)) = tokio::task::spawn_blocking(move || decode_json_rows(table, &text)).await else {
-        return error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", "decoder task failed");
+    let Ok((batch, rejected)) =
+        tokio::task::spawn_blocking(move || decode_json_rows(table, &text)).await
+    else {
+        return error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "decoder task failed",
+        );
     };
     let stored = match batch {
         Some(b) => match s.store.append(table, b).await {
@@ -140,6 +171,14 @@ async fn ingest_rows(State(s): State<Arc<AppState>>, Path(table): Path<String>, 
         },
         None => 0,
     };
-    let status = if stored == 0 && !rejected.is_empty() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
-    (status, Json(json!({"stored": stored, "rejected": rejected}))).into_response()
+    let status = if stored == 0 && !rejected.is_empty() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        Json(json!({"stored": stored, "rejected": rejected})),
+    )
+        .into_response()
 }

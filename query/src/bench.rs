@@ -16,7 +16,9 @@
 //! 3. **Trace-by-id lookup latency** through the SQL engine (`SELECT *`, what a trace view
 //!    needs), with every trace's row count checked against what was generated; plus ids that
 //!    do not exist and one lookup bounded by time.
-//! 4. **Peak RSS** of the process (`VmHWM`), which includes the pre-built batches.
+//! 4. **Peak RSS** of the process (`VmHWM`), which includes the pre-built batches, and the
+//!    peak while looking up (the high-water mark is reset before the lookups where Linux
+//!    allows it).
 //!
 //! The data is seeded, so every run stores the same spans (only the wall-clock base differs:
 //! spans cover the 50 minutes before the run, i.e. one or two hour partitions).
@@ -51,17 +53,30 @@ const GOAL_LOOKUP_MS: f64 = 50.0;
 const MS: i64 = 1_000_000;
 
 /// Runs the storage benchmark and prints its figures.
-pub async fn storage(spans: usize, writers: usize, batch: usize, dir: Option<PathBuf>) -> anyhow::Result<()> {
-    ensure!(spans > 0 && writers > 0 && batch > 0, "--spans, --writers and --batch must be at least 1");
+pub async fn storage(
+    spans: usize,
+    writers: usize,
+    batch: usize,
+    dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    ensure!(
+        spans > 0 && writers > 0 && batch > 0,
+        "--spans, --writers and --batch must be at least 1"
+    );
     let (root, _tmp) = match dir {
         Some(d) => {
             if d.exists() && std::fs::read_dir(&d)?.next().is_some() {
-                bail!("{} is not empty; the benchmark needs an empty or new directory", d.display());
+                bail!(
+                    "{} is not empty; the benchmark needs an empty or new directory",
+                    d.display()
+                );
             }
             (d, None)
         }
         None => {
-            let t = tempfile::Builder::new().prefix("meshscope-bench-").tempdir()?;
+            let t = tempfile::Builder::new()
+                .prefix("meshscope-bench-")
+                .tempdir()?;
             (t.path().to_path_buf(), Some(t))
         }
     };
@@ -83,6 +98,7 @@ pub async fn storage(spans: usize, writers: usize, batch: usize, dir: Option<Pat
 
     let t = Instant::now();
     let data = generate(spans, batch, now_ns());
+    let generated_rss = proc_status_mib("VmRSS:");
     println!(
         "generated {} spans in {} traces ({:.1} spans/trace), {} batches, in {:.1} s (not timed below); RSS {} MiB",
         data.spans,
@@ -90,7 +106,7 @@ pub async fn storage(spans: usize, writers: usize, batch: usize, dir: Option<Pat
         data.spans as f64 / data.traces.len() as f64,
         data.batches.len(),
         t.elapsed().as_secs_f64(),
-        proc_status_kib("VmRSS:").map_or(0, |k| k >> 10)
+        generated_rss
     );
 
     let appends = append_all(&store, data.batches, writers).await?;
@@ -111,8 +127,8 @@ pub async fn storage(spans: usize, writers: usize, batch: usize, dir: Option<Pat
     );
 
     let disk = disk_figures(&store, data.spans).await?;
+    let peak_rss = proc_status_mib("VmHWM:");
     let lookups = lookup_figures(&store, &data.traces).await?;
-    let peak_mib = proc_status_kib("VmHWM:").map_or(0, |k| k >> 10);
 
     let p = |q| ms(percentile(&lookups.latencies, q));
     println!();
@@ -140,8 +156,12 @@ pub async fn storage(spans: usize, writers: usize, batch: usize, dir: Option<Pat
         ms(lookups.first),
     );
     println!(
-        "memory: peak RSS {peak_mib} MiB (includes the pre-built batches){}",
-        lookups.peak_rss_mib.map_or(String::new(), |m| format!("; {m} MiB peak while looking up"))
+        "memory: peak RSS {peak_rss} MiB (the pre-built batches alone: RSS {generated_rss} MiB after generating them); \
+         lookups: RSS {} MiB before, peak {} MiB during",
+        lookups.rss_before,
+        lookups
+            .peak_rss
+            .map_or("n/a".to_string(), |m| m.to_string())
     );
 
     store.shutdown().await?;
@@ -159,7 +179,11 @@ struct AppendFigures {
 
 /// Appends the batches from `writers` concurrent tasks (batch i goes to task i mod writers)
 /// and times every append from its first attempt to its acknowledgement.
-async fn append_all(store: &Store, batches: Vec<RecordBatch>, writers: usize) -> anyhow::Result<AppendFigures> {
+async fn append_all(
+    store: &Store,
+    batches: Vec<RecordBatch>,
+    writers: usize,
+) -> anyhow::Result<AppendFigures> {
     let mut queues: Vec<Vec<RecordBatch>> = (0..writers).map(|_| Vec::new()).collect();
     for (i, b) in batches.into_iter().enumerate() {
         queues[i % writers].push(b);
@@ -190,7 +214,11 @@ async fn append_all(store: &Store, batches: Vec<RecordBatch>, writers: usize) ->
             })
         })
         .collect();
-    let mut figures = AppendFigures { elapsed: Duration::ZERO, latencies: Vec::new(), retries: 0 };
+    let mut figures = AppendFigures {
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+        retries: 0,
+    };
     for task in tasks {
         let (latencies, retries) = task.await.context("an append task panicked")??;
         figures.latencies.extend(latencies);
@@ -215,7 +243,11 @@ async fn disk_figures(store: &Store, spans: usize) -> anyhow::Result<DiskFigures
     let t = Instant::now();
     store.flush().await?;
     let flush_s = t.elapsed().as_secs_f64();
-    let files_before: usize = store.manifests(Table::Spans).iter().map(|m| m.files.len()).sum();
+    let files_before: usize = store
+        .manifests(Table::Spans)
+        .iter()
+        .map(|m| m.files.len())
+        .sum();
     let t = Instant::now();
     let compacted = store.compact(true).await?;
     let compact_s = t.elapsed().as_secs_f64();
@@ -224,7 +256,10 @@ async fn disk_figures(store: &Store, spans: usize) -> anyhow::Result<DiskFigures
     let files: Vec<_> = manifests.iter().flat_map(|m| m.files.iter()).collect();
     let rows: u64 = files.iter().map(|f| f.rows).sum();
     let bytes: u64 = files.iter().map(|f| f.bytes).sum();
-    ensure!(rows == spans as u64, "the manifests list {rows} spans, {spans} were appended");
+    ensure!(
+        rows == spans as u64,
+        "the manifests list {rows} spans, {spans} were appended"
+    );
     let per_span = |b: u64| b as f64 / spans as f64;
     println!(
         "disk: final flush {flush_s:.2} s; {files_before} files in {} hours, {compacted} hours compacted in {compact_s:.2} s; \
@@ -244,7 +279,8 @@ async fn disk_figures(store: &Store, spans: usize) -> anyhow::Result<DiskFigures
         let meta = ParquetMetaDataReader::new().parse_and_finish(&raw)?;
         if raw.len() >= 8 {
             let n = raw.len();
-            footer += u32::from_le_bytes([raw[n - 8], raw[n - 7], raw[n - 6], raw[n - 5]]) as u64 + 12;
+            footer +=
+                u32::from_le_bytes([raw[n - 8], raw[n - 7], raw[n - 6], raw[n - 5]]) as u64 + 12;
         }
         row_groups += meta.num_row_groups();
         for rg in meta.row_groups() {
@@ -255,16 +291,21 @@ async fn disk_figures(store: &Store, spans: usize) -> anyhow::Result<DiskFigures
                     None => columns.push((name, c.compressed_size() as u64)),
                 }
                 bloom += c.bloom_filter_length().unwrap_or(0) as u64;
-                index += (c.column_index_length().unwrap_or(0) + c.offset_index_length().unwrap_or(0)) as u64;
+                index += (c.column_index_length().unwrap_or(0)
+                    + c.offset_index_length().unwrap_or(0)) as u64;
             }
         }
     }
-    columns.sort_by(|a, b| b.1.cmp(&a.1));
+    columns.sort_by_key(|c| std::cmp::Reverse(c.1));
     let data: u64 = columns.iter().map(|c| c.1).sum();
     println!("disk: where the bytes go ({row_groups} row groups), bytes/span:");
     let shown = 12.min(columns.len());
     for (name, b) in &columns[..shown] {
-        println!("  {name:<26} {:>6.2}  {:>4.1}%", per_span(*b), 100.0 * *b as f64 / bytes.max(1) as f64);
+        println!(
+            "  {name:<26} {:>6.2}  {:>4.1}%",
+            per_span(*b),
+            100.0 * *b as f64 / bytes.max(1) as f64
+        );
     }
     let rest: u64 = columns[shown..].iter().map(|c| c.1).sum();
     let other = bytes.saturating_sub(data + bloom + index + footer);
@@ -275,12 +316,22 @@ async fn disk_figures(store: &Store, spans: usize) -> anyhow::Result<DiskFigures
         ("footers".to_string(), footer),
         ("unaccounted".to_string(), other),
     ] {
-        println!("  {name:<26} {:>6.2}  {:>4.1}%", per_span(b), 100.0 * b as f64 / bytes.max(1) as f64);
+        println!(
+            "  {name:<26} {:>6.2}  {:>4.1}%",
+            per_span(b),
+            100.0 * b as f64 / bytes.max(1) as f64
+        );
     }
 
     let wal_bytes = store.stats().wal_bytes.load(Ordering::Relaxed);
-    println!("wal: {wal_bytes} bytes written = {:.1} bytes/span (Arrow IPC records)", per_span(wal_bytes));
-    Ok(DiskFigures { parquet_bytes_per_span: per_span(bytes), wal_bytes_per_span: per_span(wal_bytes) })
+    println!(
+        "wal: {wal_bytes} bytes written = {:.1} bytes/span (Arrow IPC records)",
+        per_span(wal_bytes)
+    );
+    Ok(DiskFigures {
+        parquet_bytes_per_span: per_span(bytes),
+        wal_bytes_per_span: per_span(wal_bytes),
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -291,17 +342,26 @@ struct LookupFigures {
     latencies: Vec<Duration>,
     /// The very first query of the engine.
     first: Duration,
-    /// Peak RSS while looking up, when the kernel lets us reset the high-water mark.
-    peak_rss_mib: Option<u64>,
+    /// RSS before the lookups, and the peak while looking up when the kernel lets us reset
+    /// the high-water mark (MiB).
+    rss_before: u64,
+    peak_rss: Option<u64>,
 }
 
 /// Looks traces up by id through SQL and checks every answer's row count.
 async fn lookup_figures(store: &Store, traces: &[TraceInfo]) -> anyhow::Result<LookupFigures> {
+    let rss_before = proc_status_mib("VmRSS:");
     let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     let engine = QueryEngine::new(store.clone())?;
-    let limits = SqlLimits { timeout: Duration::from_secs(60), max_rows: 10_000 };
-    let mut rng = StdRng::seed_from_u64(SEED ^ 0x100c_0b5);
-    let sample: Vec<TraceInfo> = traces.choose_multiple(&mut rng, LOOKUPS + 2).copied().collect();
+    let limits = SqlLimits {
+        timeout: Duration::from_secs(60),
+        max_rows: 10_000,
+    };
+    let mut rng = StdRng::seed_from_u64(SEED ^ 0x0100_c0b5);
+    let sample: Vec<TraceInfo> = traces
+        .choose_multiple(&mut rng, LOOKUPS + 2)
+        .copied()
+        .collect();
     let (first, rest) = sample.split_first().context("no traces were generated")?;
     let (bounded, existing) = rest.split_first().context("too few traces to look up")?;
     let known: HashSet<TraceId> = traces.iter().map(|t| t.id).collect();
@@ -314,17 +374,28 @@ async fn lookup_figures(store: &Store, traces: &[TraceInfo]) -> anyhow::Result<L
     }
 
     let lookup = |id: TraceId, extra: String| {
-        let sql = format!("SELECT * FROM spans WHERE trace_id = X'{}'{extra}", id.to_hex());
+        let sql = format!(
+            "SELECT * FROM spans WHERE trace_id = X'{}'{extra}",
+            id.to_hex()
+        );
         let engine = &engine;
         async move {
             let t = Instant::now();
-            let out = engine.query(&sql, limits).await.with_context(|| format!("lookup failed: {sql}"))?;
+            let out = engine
+                .query(&sql, limits)
+                .await
+                .with_context(|| format!("lookup failed: {sql}"))?;
             let rows: usize = out.batches.iter().map(|b| b.num_rows()).sum();
             anyhow::Ok((t.elapsed(), rows))
         }
     };
     let check = |t: &TraceInfo, rows: usize| -> anyhow::Result<()> {
-        ensure!(rows == t.spans, "trace {} has {} spans stored, the lookup returned {rows} rows", t.id, t.spans);
+        ensure!(
+            rows == t.spans,
+            "trace {} has {} spans stored, the lookup returned {rows} rows",
+            t.id,
+            t.spans
+        );
         Ok(())
     };
 
@@ -332,7 +403,11 @@ async fn lookup_figures(store: &Store, traces: &[TraceInfo]) -> anyhow::Result<L
     check(first, rows)?;
     let mut latencies = Vec::with_capacity(existing.len());
     let mut absent_latencies = Vec::with_capacity(absent.len());
-    let mut order: Vec<Option<&TraceInfo>> = existing.iter().map(Some).chain(absent.iter().map(|_| None)).collect();
+    let mut order: Vec<Option<&TraceInfo>> = existing
+        .iter()
+        .map(Some)
+        .chain(absent.iter().map(|_| None))
+        .collect();
     order.shuffle(&mut rng);
     let mut absent_ids = absent.iter();
     for t in order {
@@ -345,7 +420,10 @@ async fn lookup_figures(store: &Store, traces: &[TraceInfo]) -> anyhow::Result<L
             None => {
                 let id = *absent_ids.next().context("absent ids ran out")?;
                 let (d, rows) = lookup(id, String::new()).await?;
-                ensure!(rows == 0, "trace {id} was never stored, the lookup returned {rows} rows");
+                ensure!(
+                    rows == 0,
+                    "trace {id} was never stored, the lookup returned {rows} rows"
+                );
                 absent_latencies.push(d);
             }
         }
@@ -379,10 +457,19 @@ async fn lookup_figures(store: &Store, traces: &[TraceInfo]) -> anyhow::Result<L
         "lookup: with a ±1 s time bound: {:.1} ms, {rows} rows, {} of {} files scanned",
         ms(bounded_latency),
         after.files_scanned - before.files_scanned,
-        store.manifests(Table::Spans).iter().map(|m| m.files.len()).sum::<usize>(),
+        store
+            .manifests(Table::Spans)
+            .iter()
+            .map(|m| m.files.len())
+            .sum::<usize>(),
     );
-    let peak_rss_mib = reset.then(|| proc_status_kib("VmHWM:").map(|k| k >> 10)).flatten();
-    Ok(LookupFigures { latencies, first: first_latency, peak_rss_mib })
+    let peak_rss = reset.then(|| proc_status_mib("VmHWM:"));
+    Ok(LookupFigures {
+        latencies,
+        first: first_latency,
+        rss_before,
+        peak_rss,
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -440,15 +527,31 @@ const SDK_VERSION: &str = "6d9d6c2f6b0e1c9a4ab0b2f5f0c3b6a1d1e5c7a8/1.31.2/Clean
 impl Mesh {
     fn new(rng: &mut StdRng) -> Mesh {
         let mut node = 0u8;
-        let mut pods = |rng: &mut StdRng, app: &'static str, version: &'static str, ns: &'static str, replicas: usize| {
+        let mut pods = |rng: &mut StdRng,
+                        app: &'static str,
+                        version: &'static str,
+                        ns: &'static str,
+                        replicas: usize| {
             (0..replicas)
                 .map(|_| {
                     node = node.wrapping_add(1);
                     let ip = format!("10.244.{}.{}", node % 3, rng.random_range(2..250));
                     let (kind, pod, revision) = if ns == "istio-system" {
-                        ("router", format!("{app}-{}-{}", k8s_suffix(rng, 10), k8s_suffix(rng, 5)), "latest")
+                        (
+                            "router",
+                            format!("{app}-{}-{}", k8s_suffix(rng, 10), k8s_suffix(rng, 5)),
+                            "latest",
+                        )
                     } else {
-                        ("sidecar", format!("{app}-{version}-{}-{}", k8s_suffix(rng, 10), k8s_suffix(rng, 5)), version)
+                        (
+                            "sidecar",
+                            format!(
+                                "{app}-{version}-{}-{}",
+                                k8s_suffix(rng, 10),
+                                k8s_suffix(rng, 5)
+                            ),
+                            version,
+                        )
                     };
                     Proxy {
                         service_name: format!("{app}.{ns}"),
@@ -466,9 +569,21 @@ impl Mesh {
             gateways: pods(rng, "istio-ingressgateway", "", "istio-system", 2),
             productpage: pods(rng, "productpage", "v1", "default", 3),
             details: pods(rng, "details", "v1", "default", 2),
-            reviews: [pods(rng, "reviews", "v1", "default", 2), pods(rng, "reviews", "v2", "default", 2), pods(rng, "reviews", "v3", "default", 2)],
+            reviews: [
+                pods(rng, "reviews", "v1", "default", 2),
+                pods(rng, "reviews", "v2", "default", 2),
+                pods(rng, "reviews", "v3", "default", 2),
+            ],
             ratings: pods(rng, "ratings", "v1", "default", 2),
-            clients: (0..300).map(|_| format!("10.128.{}.{}", rng.random_range(0..16), rng.random_range(1..255))).collect(),
+            clients: (0..300)
+                .map(|_| {
+                    format!(
+                        "10.128.{}.{}",
+                        rng.random_range(0..16),
+                        rng.random_range(1..255)
+                    )
+                })
+                .collect(),
         }
     }
 }
@@ -476,7 +591,9 @@ impl Mesh {
 /// Kubernetes' pod-name alphabet.
 fn k8s_suffix(rng: &mut StdRng, len: usize) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    (0..len).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..len)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 /// One HTTP request as one proxy reports it.
@@ -501,7 +618,15 @@ struct TraceBuilder<'r> {
 }
 
 impl TraceBuilder<'_> {
-    fn span(&mut self, reporter: &Proxy, kind: &str, parent: Option<SpanId>, start: i64, duration: i64, r: &Request) -> SpanId {
+    fn span(
+        &mut self,
+        reporter: &Proxy,
+        kind: &str,
+        parent: Option<SpanId>,
+        start: i64,
+        duration: i64,
+        r: &Request,
+    ) -> SpanId {
         let span_id = SpanId(self.rng.random::<u64>().max(1).to_be_bytes());
         let error = r.status >= 500;
         self.spans.push(SpanRow {
@@ -585,14 +710,28 @@ impl TraceBuilder<'_> {
             peer_address: &from.ip,
             ..client
         };
-        Some((self.span(to, "server", Some(client_id), server_start, server_ns, &server), server_start))
+        Some((
+            self.span(
+                to,
+                "server",
+                Some(client_id),
+                server_start,
+                server_ns,
+                &server,
+            ),
+            server_start,
+        ))
     }
 }
 
 /// A duration between `lo` and `hi` ms, skewed towards `lo`, with a 1% slow tail.
 fn dur(rng: &mut StdRng, lo: f64, hi: f64) -> i64 {
     let u: f64 = rng.random();
-    let tail = if rng.random_bool(0.01) { rng.random_range(2.0..6.0) } else { 1.0 };
+    let tail = if rng.random_bool(0.01) {
+        rng.random_range(2.0..6.0)
+    } else {
+        1.0
+    };
     ((lo + (hi - lo) * u * u) * tail * MS as f64) as i64
 }
 
@@ -634,7 +773,11 @@ fn bookinfo_trace(mesh: &Mesh, b: &mut TraceBuilder, start: i64) -> (i64, i64) {
     let rat_cli = rat_srv + dur(rng, 0.2, 1.5);
     let (rev_pre, rev_post) = (dur(rng, 0.5, 3.0), dur(rng, 1.0, 10.0));
     let rev_srv = rev_pre + if calls_ratings { rat_cli } else { 0 } + rev_post;
-    let rev_cli = if overflow { dur(rng, 0.05, 0.3) } else { rev_srv + dur(rng, 0.2, 1.5) };
+    let rev_cli = if overflow {
+        dur(rng, 0.05, 0.3)
+    } else {
+        rev_srv + dur(rng, 0.2, 1.5)
+    };
     let (pp_pre, pp_gap, pp_post) = (dur(rng, 0.5, 3.0), dur(rng, 0.1, 1.0), dur(rng, 2.0, 15.0));
     let pp_srv = pp_pre + det_cli + pp_gap + rev_cli + pp_post;
     let gw_cli = pp_srv + dur(rng, 0.3, 2.0);
@@ -645,7 +788,17 @@ fn bookinfo_trace(mesh: &Mesh, b: &mut TraceBuilder, start: i64) -> (i64, i64) {
     let (pp_id, pp_start, end) = if via_gateway {
         let gw = mesh.gateways.choose(&mut *b.rng).expect("pods");
         let (id, s) = b
-            .hop(gw, pp, None, (start, gw_cli), Some(pp_srv), &url, browser, client_ip, page_size)
+            .hop(
+                gw,
+                pp,
+                None,
+                (start, gw_cli),
+                Some(pp_srv),
+                &url,
+                browser,
+                client_ip,
+                page_size,
+            )
             .expect("a server span");
         (id, s, start + gw_cli)
     } else {
@@ -660,11 +813,25 @@ fn bookinfo_trace(mesh: &Mesh, b: &mut TraceBuilder, start: i64) -> (i64, i64) {
             response_flags: None,
             response_size: page_size,
         };
-        (b.span(pp, "server", None, start, pp_srv, &r), start, start + pp_srv)
+        (
+            b.span(pp, "server", None, start, pp_srv, &r),
+            start,
+            start + pp_srv,
+        )
     };
     let py = "python-requests/2.31.0";
     let det_start = pp_start + pp_pre;
-    b.hop(pp, details, Some(pp_id), (det_start, det_cli), Some(det_srv), "http://details:9080/details/0", py, &pp.ip, 178);
+    b.hop(
+        pp,
+        details,
+        Some(pp_id),
+        (det_start, det_cli),
+        Some(det_srv),
+        "http://details:9080/details/0",
+        py,
+        &pp.ip,
+        178,
+    );
     let rev_start = det_start + det_cli + pp_gap;
     let rev = b.hop(
         pp,
@@ -680,7 +847,17 @@ fn bookinfo_trace(mesh: &Mesh, b: &mut TraceBuilder, start: i64) -> (i64, i64) {
     if let Some((rev_id, rev_srv_start)) = rev.filter(|_| calls_ratings) {
         let at = (rev_srv_start + rev_pre, rat_cli);
         let ua = "Apache-CXF/3.1.18";
-        b.hop(reviews, ratings, Some(rev_id), at, Some(rat_srv), "http://ratings:9080/ratings/0", ua, &reviews.ip, 48);
+        b.hop(
+            reviews,
+            ratings,
+            Some(rev_id),
+            at,
+            Some(rat_srv),
+            "http://ratings:9080/ratings/0",
+            ua,
+            &reviews.ip,
+            48,
+        );
     }
     (start, end)
 }
@@ -698,16 +875,28 @@ fn generate(spans: usize, batch: usize, now_ns: i64) -> Dataset {
     let mut emitted = 0usize;
     while emitted < spans {
         let progress = (emitted + pending.len()) as f64 / spans as f64;
-        let start = first + (progress * (window - 60_000 * MS) as f64) as i64 + rng.random_range(0..100 * MS);
+        let start = first
+            + (progress * (window - 60_000 * MS) as f64) as i64
+            + rng.random_range(0..100 * MS);
         let trace_id = TraceId(rng.random::<u128>().max(1).to_be_bytes());
         let request_id = uuid(&mut rng);
-        let mut b = TraceBuilder { rng: &mut rng, trace_id, request_id, spans: std::mem::take(&mut pending) };
+        let mut b = TraceBuilder {
+            rng: &mut rng,
+            trace_id,
+            request_id,
+            spans: std::mem::take(&mut pending),
+        };
         let before = b.spans.len();
         let (start_ns, end_ns) = bookinfo_trace(&mesh, &mut b, start);
         let keep = (b.spans.len() - before).min(spans - emitted - before);
         b.spans.truncate(before + keep);
         pending = b.spans;
-        traces.push(TraceInfo { id: trace_id, spans: keep, start_ns, end_ns });
+        traces.push(TraceInfo {
+            id: trace_id,
+            spans: keep,
+            start_ns,
+            end_ns,
+        });
         while pending.len() >= batch || (emitted + pending.len() == spans && !pending.is_empty()) {
             let n = batch.min(pending.len());
             let rows: Vec<SpanRow> = pending.drain(..n).collect();
@@ -715,18 +904,26 @@ fn generate(spans: usize, batch: usize, now_ns: i64) -> Dataset {
             emitted += n;
         }
     }
-    Dataset { batches, traces, spans: emitted }
+    Dataset {
+        batches,
+        traces,
+        spans: emitted,
+    }
 }
 
 // ---------------------------------------------------------------------------------------
 // Helpers
 
 fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 fn rfc3339(ns: i64) -> String {
-    DateTime::<Utc>::from_timestamp_nanos(ns).format("%Y-%m-%dT%H:%M:%S%.9fZ").to_string()
+    DateTime::<Utc>::from_timestamp_nanos(ns)
+        .format("%Y-%m-%dT%H:%M:%S%.9fZ")
+        .to_string()
 }
 
 /// Nearest-rank percentile of sorted durations (`q` = 1.0 is the maximum).
@@ -742,11 +939,14 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// A `kB` field of /proc/self/status (`VmRSS:`, `VmHWM:`), Linux only.
-fn proc_status_kib(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+/// A `kB` field of /proc/self/status (`VmRSS:`, `VmHWM:`) in MiB; 0 where there is none.
+fn proc_status_mib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    kib.unwrap_or(0) >> 10
 }
 
 #[cfg(test)]
@@ -759,29 +959,66 @@ mod tests {
         let now = 1_764_120_600_000_000_000;
         let d = generate(10_007, 500, now);
         assert_eq!(d.spans, 10_007);
-        assert_eq!(d.batches.iter().map(|b| b.num_rows()).sum::<usize>(), 10_007);
+        assert_eq!(
+            d.batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+            10_007
+        );
         assert!(d.batches.iter().all(|b| b.num_rows() <= 500));
         assert_eq!(d.traces.iter().map(|t| t.spans).sum::<usize>(), 10_007);
         let whole = &d.traces[..d.traces.len() - 1];
-        assert!(whole.iter().all(|t| (4..=8).contains(&t.spans)), "4 to 8 spans per trace");
-        assert!(d.traces.iter().all(|t| t.start_ns >= now - WINDOW.as_nanos() as i64 && t.end_ns <= now));
+        assert!(
+            whole.iter().all(|t| (4..=8).contains(&t.spans)),
+            "4 to 8 spans per trace"
+        );
+        assert!(
+            d.traces
+                .iter()
+                .all(|t| t.start_ns >= now - WINDOW.as_nanos() as i64 && t.end_ns <= now)
+        );
 
         // Every server span lies inside its parent client span.
         let mut by_id = HashMap::new();
         for b in &d.batches {
-            let ids = b.column_by_name("span_id").unwrap().as_any().downcast_ref::<arrow::array::FixedSizeBinaryArray>().unwrap();
-            let starts = b.column_by_name("start_time").unwrap().as_any().downcast_ref::<arrow::array::TimestampNanosecondArray>().unwrap();
-            let durs = b.column_by_name("duration_ns").unwrap().as_any().downcast_ref::<arrow::array::Int64Array>().unwrap();
-            let parents = b.column_by_name("parent_span_id").unwrap().as_any().downcast_ref::<arrow::array::FixedSizeBinaryArray>().unwrap();
+            let ids = b
+                .column_by_name("span_id")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow::array::FixedSizeBinaryArray>()
+                .unwrap();
+            let starts = b
+                .column_by_name("start_time")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow::array::TimestampNanosecondArray>()
+                .unwrap();
+            let durs = b
+                .column_by_name("duration_ns")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap();
+            let parents = b
+                .column_by_name("parent_span_id")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow::array::FixedSizeBinaryArray>()
+                .unwrap();
             for i in 0..b.num_rows() {
-                let parent = arrow::array::Array::is_valid(parents, i).then(|| parents.value(i).to_vec());
-                by_id.insert(ids.value(i).to_vec(), (starts.value(i), durs.value(i), parent));
+                let parent =
+                    arrow::array::Array::is_valid(parents, i).then(|| parents.value(i).to_vec());
+                by_id.insert(
+                    ids.value(i).to_vec(),
+                    (starts.value(i), durs.value(i), parent),
+                );
             }
         }
         for (start, dur, parent) in by_id.values() {
             assert!(*dur > 0);
             if let Some((ps, pd, _)) = parent.as_ref().and_then(|p| by_id.get(p)) {
-                assert!(*start >= *ps && start + dur <= ps + pd, "a child span lies inside its parent");
+                assert!(
+                    *start >= *ps && start + dur <= ps + pd,
+                    "a child span lies inside its parent"
+                );
             }
         }
     }

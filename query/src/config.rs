@@ -74,15 +74,28 @@ pub struct ServerOpts {
     pub api_addr: SocketAddr,
 
     /// Address of the OTLP/gRPC receiver.
-    #[arg(long, env = "MESHSCOPE_OTLP_GRPC_ADDR", default_value = "127.0.0.1:4317")]
+    #[arg(
+        long,
+        env = "MESHSCOPE_OTLP_GRPC_ADDR",
+        default_value = "127.0.0.1:4317"
+    )]
     pub otlp_grpc_addr: SocketAddr,
 
     /// Address of the OTLP/HTTP receiver.
-    #[arg(long, env = "MESHSCOPE_OTLP_HTTP_ADDR", default_value = "127.0.0.1:4318")]
+    #[arg(
+        long,
+        env = "MESHSCOPE_OTLP_HTTP_ADDR",
+        default_value = "127.0.0.1:4318"
+    )]
     pub otlp_http_addr: SocketAddr,
 
     /// When the WAL is fsynced.
-    #[arg(long, env = "MESHSCOPE_WAL_FSYNC", value_enum, default_value = "always")]
+    #[arg(
+        long,
+        env = "MESHSCOPE_WAL_FSYNC",
+        value_enum,
+        default_value = "always"
+    )]
     pub wal_fsync: FsyncArg,
 
     /// How long the WAL writer gathers appends into one commit (at most 100ms).
@@ -210,27 +223,52 @@ impl ServerOpts {
         let wal_dir = match (&self.wal_dir, is_url) {
             (Some(w), _) => w.clone(),
             (None, false) => PathBuf::from(&self.data_dir).join("wal"),
-            (None, true) => return bad(format!("--wal-dir is required when --data-dir is a URL ({})", self.data_dir)),
+            (None, true) => {
+                return bad(format!(
+                    "--wal-dir is required when --data-dir is a URL ({})",
+                    self.data_dir
+                ));
+            }
         };
         if is_url && let Err(e) = url::Url::parse(&self.data_dir) {
-            return bad(format!("--data-dir {:?} is not a valid URL: {e}", self.data_dir));
+            return bad(format!(
+                "--data-dir {:?} is not a valid URL: {e}",
+                self.data_dir
+            ));
         }
         if self.wal_group_commit > Duration::from_millis(100) {
-            return bad(format!("--wal-group-commit must be at most 100ms, got {:?}", self.wal_group_commit));
+            return bad(format!(
+                "--wal-group-commit must be at most 100ms, got {:?}",
+                self.wal_group_commit
+            ));
         }
         if self.flush_interval < Duration::from_millis(100) {
             return bad("--flush-interval must be at least 100ms".into());
         }
-        if self.flush_rows == 0 || self.sql_max_rows == 0 || self.max_buffer_mb == 0 || self.max_body_mb == 0 {
-            return bad("--flush-rows, --sql-max-rows, --max-buffer-mb and --max-body-mb must be positive".into());
+        if self.flush_rows == 0
+            || self.sql_max_rows == 0
+            || self.max_buffer_mb == 0
+            || self.max_body_mb == 0
+        {
+            return bad(
+                "--flush-rows, --sql-max-rows, --max-buffer-mb and --max-body-mb must be positive"
+                    .into(),
+            );
         }
         if self.retention < Duration::from_secs(3600) {
-            return bad(format!("--retention must be at least 1h, got {}", humantime::format_duration(self.retention)));
+            return bad(format!(
+                "--retention must be at least 1h, got {}",
+                humantime::format_duration(self.retention)
+            ));
         }
         if self.sql_timeout.is_zero() {
             return bad("--sql-timeout must be positive".into());
         }
-        let addrs = [("--api-addr", self.api_addr), ("--otlp-grpc-addr", self.otlp_grpc_addr), ("--otlp-http-addr", self.otlp_http_addr)];
+        let addrs = [
+            ("--api-addr", self.api_addr),
+            ("--otlp-grpc-addr", self.otlp_grpc_addr),
+            ("--otlp-http-addr", self.otlp_http_addr),
+        ];
         for (i, (n1, a1)) in addrs.iter().enumerate() {
             for (n2, a2) in &addrs[i + 1..] {
                 if a1 == a2 && a1.port() != 0 {
@@ -262,7 +300,10 @@ impl ServerOpts {
             api_addr: self.api_addr,
             otlp_grpc_addr: self.otlp_grpc_addr,
             otlp_http_addr: self.otlp_http_addr,
-            sql: SqlLimits { timeout: self.sql_timeout, max_rows: self.sql_max_rows },
+            sql: SqlLimits {
+                timeout: self.sql_timeout,
+                max_rows: self.sql_max_rows,
+            },
             max_body_bytes: self.max_body_mb << 20,
             log: self.log.clone(),
         })
@@ -274,14 +315,28 @@ const SERVER_SUBCOMMANDS: [&str; 4] = ["serve", "collector", "query", "demo"];
 /// Parses the command line, applying the TOML config file as defaults beneath flags and env.
 pub fn parse_from(mut args: Vec<String>) -> Result<Cli, ConfigError> {
     // No subcommand (or only options) means `serve`.
-    let known = ["serve", "collector", "query", "demo", "sql", "bench", "help", "-h", "--help", "-V", "--version"];
+    let known = [
+        "serve",
+        "collector",
+        "query",
+        "demo",
+        "sql",
+        "bench",
+        "help",
+        "-h",
+        "--help",
+        "-V",
+        "--version",
+    ];
     if args.len() < 2 || !known.contains(&args[1].as_str()) {
         args.insert(1, "serve".to_string());
     }
     let mut cmd = Cli::command();
     if let Some(path) = config_path(&args) {
-        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::File(path.clone(), e.to_string()))?;
-        let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::File(path.clone(), e.to_string()))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| ConfigError::File(path.clone(), e.to_string()))?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| ConfigError::File(path.clone(), e.to_string()))?;
         let sub = SERVER_SUBCOMMANDS.iter().find(|s| **s == args[1]).copied();
         if let Some(sub) = sub {
             let ids: Vec<String> = cmd
@@ -292,14 +347,22 @@ pub fn parse_from(mut args: Vec<String>) -> Result<Cli, ConfigError> {
             for (key, value) in &table {
                 let id = key.replace('-', "_");
                 if !ids.contains(&id) || id == "config" {
-                    return Err(ConfigError::File(path.clone(), format!("unknown key {key:?}")));
+                    return Err(ConfigError::File(
+                        path.clone(),
+                        format!("unknown key {key:?}"),
+                    ));
                 }
                 let v = match value {
                     toml::Value::String(s) => s.clone(),
                     toml::Value::Integer(i) => i.to_string(),
                     toml::Value::Boolean(b) => b.to_string(),
                     toml::Value::Float(f) => f.to_string(),
-                    other => return Err(ConfigError::File(path.clone(), format!("key {key:?}: unsupported value {other}"))),
+                    other => {
+                        return Err(ConfigError::File(
+                            path.clone(),
+                            format!("key {key:?}: unsupported value {other}"),
+                        ));
+                    }
                 };
                 defaults.push((id, v));
             }
@@ -311,7 +374,9 @@ pub fn parse_from(mut args: Vec<String>) -> Result<Cli, ConfigError> {
             });
         }
     }
-    let matches = cmd.try_get_matches_from(&args).map_err(|e| ConfigError::Invalid(e.render().to_string()))?;
+    let matches = cmd
+        .try_get_matches_from(&args)
+        .map_err(|e| ConfigError::Invalid(e.render().to_string()))?;
     Cli::from_arg_matches(&matches).map_err(|e| ConfigError::Invalid(e.to_string()))
 }
 
@@ -325,7 +390,9 @@ fn config_path(args: &[String]) -> Option<String> {
             return Some(v.to_string());
         }
     }
-    std::env::var("MESHSCOPE_CONFIG").ok().filter(|s| !s.is_empty())
+    std::env::var("MESHSCOPE_CONFIG")
+        .ok()
+        .filter(|s| !s.is_empty())
 }
 
 #[cfg(test)]
@@ -333,13 +400,18 @@ mod tests {
     use super::*;
 
     fn args(a: &[&str]) -> Vec<String> {
-        std::iter::once("meshscope").chain(a.iter().copied()).map(String::from).collect()
+        std::iter::once("meshscope")
+            .chain(a.iter().copied())
+            .map(String::from)
+            .collect()
     }
 
     #[test]
     fn defaults_and_default_subcommand() {
         let cli = parse_from(args(&[])).unwrap();
-        let Command::Serve(o) = cli.command else { panic!("not serve") };
+        let Command::Serve(o) = cli.command else {
+            panic!("not serve")
+        };
         let c = o.validate(false).unwrap();
         assert_eq!(c.api_addr.to_string(), "127.0.0.1:20001");
         assert_eq!(c.otlp_grpc_addr.to_string(), "127.0.0.1:4317");
@@ -352,27 +424,49 @@ mod tests {
     fn config_file_sits_below_flags() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("m.toml");
-        std::fs::write(&f, "api-addr = \"127.0.0.1:9999\"\nflush_rows = 7\nretention = \"2days\"\n").unwrap();
+        std::fs::write(
+            &f,
+            "api-addr = \"127.0.0.1:9999\"\nflush_rows = 7\nretention = \"2days\"\n",
+        )
+        .unwrap();
         let f = f.to_string_lossy().to_string();
         let cli = parse_from(args(&["serve", "--config", &f, "--flush-rows", "9"])).unwrap();
-        let Command::Serve(o) = cli.command else { panic!() };
+        let Command::Serve(o) = cli.command else {
+            panic!()
+        };
         let c = o.validate(false).unwrap();
         assert_eq!(c.api_addr.port(), 9999);
         assert_eq!(c.store.flush_rows, 9);
         assert_eq!(c.store.retention, Duration::from_secs(2 * 86400));
         std::fs::write(dir.path().join("bad.toml"), "no_such_option = 1\n").unwrap();
         let bad = dir.path().join("bad.toml").to_string_lossy().to_string();
-        let err = parse_from(args(&["--config", &bad])).unwrap_err().to_string();
+        let err = parse_from(args(&["--config", &bad]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown key \"no_such_option\""), "{err}");
     }
 
     #[test]
     fn validation_names_the_option() {
         let cli = parse_from(args(&["serve", "--wal-group-commit", "500ms"])).unwrap();
-        let Command::Serve(o) = cli.command else { panic!() };
-        assert!(o.validate(false).unwrap_err().to_string().contains("--wal-group-commit"));
+        let Command::Serve(o) = cli.command else {
+            panic!()
+        };
+        assert!(
+            o.validate(false)
+                .unwrap_err()
+                .to_string()
+                .contains("--wal-group-commit")
+        );
         let cli = parse_from(args(&["serve", "--data-dir", "s3://bucket/prefix"])).unwrap();
-        let Command::Serve(o) = cli.command else { panic!() };
-        assert!(o.validate(false).unwrap_err().to_string().contains("--wal-dir is required"));
+        let Command::Serve(o) = cli.command else {
+            panic!()
+        };
+        assert!(
+            o.validate(false)
+                .unwrap_err()
+                .to_string()
+                .contains("--wal-dir is required")
+        );
     }
 }

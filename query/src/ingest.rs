@@ -27,7 +27,10 @@ pub fn decode_json_rows(table: Table, body: &str) -> (Option<RecordBatch>, Vec<R
         }
         match check_line(table, line) {
             Ok(()) => good.push(line),
-            Err(error) => rejected.push(Rejected { line: line_no, error }),
+            Err(error) => rejected.push(Rejected {
+                line: line_no,
+                error,
+            }),
         }
     }
     // Fast path: decode everything at once; on failure, find the culprits line by line.
@@ -48,7 +51,11 @@ pub fn decode_json_rows(table: Table, body: &str) -> (Option<RecordBatch>, Vec<R
         }
     }
     rejected.sort_by_key(|r| r.line);
-    let batch = if batches.is_empty() { None } else { arrow::compute::concat_batches(&schema, &batches).ok() };
+    let batch = if batches.is_empty() {
+        None
+    } else {
+        arrow::compute::concat_batches(&schema, &batches).ok()
+    };
     (batch, rejected)
 }
 
@@ -91,21 +98,28 @@ fn check_value(name: &str, ty: &DataType, val: &serde_json::Value) -> Result<(),
         (_, serde_json::Value::Null) => Ok(()),
         (DataType::FixedSizeBinary(n), serde_json::Value::String(s)) => {
             if s.len() != (*n as usize) * 2 || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
-                Err(format!("column `{name}` must be {} hex characters, got {:?}", n * 2, s))
+                Err(format!(
+                    "column `{name}` must be {} hex characters, got {:?}",
+                    n * 2,
+                    s
+                ))
             } else {
                 Ok(())
             }
         }
-        (DataType::FixedSizeBinary(n), other) => {
-            Err(format!("column `{name}` must be a string of {} hex characters, got {other}", n * 2))
+        (DataType::FixedSizeBinary(n), other) => Err(format!(
+            "column `{name}` must be a string of {} hex characters, got {other}",
+            n * 2
+        )),
+        (DataType::List(item), serde_json::Value::Array(items)) => items
+            .iter()
+            .try_for_each(|x| check_value(name, item.data_type(), x)),
+        (DataType::Struct(fields), serde_json::Value::Object(o)) => {
+            fields.iter().try_for_each(|f| match o.get(f.name()) {
+                Some(x) => check_value(&format!("{name}.{}", f.name()), f.data_type(), x),
+                None => Ok(()),
+            })
         }
-        (DataType::List(item), serde_json::Value::Array(items)) => {
-            items.iter().try_for_each(|x| check_value(name, item.data_type(), x))
-        }
-        (DataType::Struct(fields), serde_json::Value::Object(o)) => fields.iter().try_for_each(|f| match o.get(f.name()) {
-            Some(x) => check_value(&format!("{name}.{}", f.name()), f.data_type(), x),
-            None => Ok(()),
-        }),
         _ => Ok(()),
     }
 }

@@ -15,10 +15,19 @@ fn main() -> ExitCode {
             eprintln!("{e}");
             // clap renders --help and --version as "errors" too
             let msg = e.to_string();
-            return if msg.starts_with("Usage") || msg.contains("\nUsage:") && !msg.starts_with("error") { ExitCode::SUCCESS } else { ExitCode::from(2) };
+            return if msg.starts_with("Usage")
+                || msg.contains("\nUsage:") && !msg.starts_with("error")
+            {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            };
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -39,12 +48,19 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Serve(o) => (Role::AllInOne, o),
         Command::Collector(o) => (Role::Collector, o),
         Command::Query(o) => (Role::Query, o),
-        Command::Demo(_) => anyhow::bail!("`meshscope demo` is not built yet; run `meshscope serve`"),
+        Command::Demo(_) => {
+            anyhow::bail!("`meshscope demo` is not built yet; run `meshscope serve`")
+        }
         Command::Sql(o) => return sql(o).await,
         Command::Bench(b) => {
             server::init_logging("warn");
             return match b.what {
-                BenchWhat::Storage { spans, writers, batch, dir } => meshscope_query::bench::storage(spans, writers, batch, dir).await,
+                BenchWhat::Storage {
+                    spans,
+                    writers,
+                    batch,
+                    dir,
+                } => meshscope_query::bench::storage(spans, writers, batch, dir).await,
             };
         }
     };
@@ -63,10 +79,24 @@ async fn sql(o: config::SqlOpts) -> anyhow::Result<()> {
     cfg.read_only = true;
     let store = Store::open(cfg).await?;
     let engine = QueryEngine::new(store)?;
-    let out = engine.query(&o.query, SqlLimits { timeout: o.timeout, max_rows: o.max_rows }).await?;
+    let out = engine
+        .query(
+            &o.query,
+            SqlLimits {
+                timeout: o.timeout,
+                max_rows: o.max_rows,
+            },
+        )
+        .await?;
     match o.format {
-        SqlFormat::Table => println!("{}", arrow::util::pretty::pretty_format_batches(&out.batches)?),
-        SqlFormat::Json => println!("{}", String::from_utf8_lossy(&batches_to_json(&out.batches)?)),
+        SqlFormat::Table => println!(
+            "{}",
+            arrow::util::pretty::pretty_format_batches(&out.batches)?
+        ),
+        SqlFormat::Json => println!(
+            "{}",
+            String::from_utf8_lossy(&batches_to_json(&out.batches)?)
+        ),
     }
     Ok(())
 }

@@ -13,7 +13,9 @@ use datafusion::datasource::memory::{DataSourceExec, MemorySourceConfig};
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction;
-use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType};
+use datafusion::logical_expr::{
+    Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType,
+};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
@@ -87,14 +89,20 @@ fn literal_ns(e: &Expr) -> Option<i64> {
 fn literal_bytes(e: &Expr) -> Option<Vec<u8>> {
     let Expr::Literal(v, _) = e else { return None };
     match v {
-        ScalarValue::FixedSizeBinary(_, Some(b)) | ScalarValue::Binary(Some(b)) | ScalarValue::LargeBinary(Some(b)) => Some(b.clone()),
+        ScalarValue::FixedSizeBinary(_, Some(b))
+        | ScalarValue::Binary(Some(b))
+        | ScalarValue::LargeBinary(Some(b)) => Some(b.clone()),
         _ => None,
     }
 }
 
 fn collect_bounds(e: &Expr, time_col: &str, trace_col: Option<&str>, b: &mut ScanBounds) {
     match e {
-        Expr::BinaryExpr(BinaryExpr { left, op: Operator::And, right }) => {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::And,
+            right,
+        }) => {
             collect_bounds(left, time_col, trace_col, b);
             collect_bounds(right, time_col, trace_col, b);
         }
@@ -127,7 +135,12 @@ fn collect_bounds(e: &Expr, time_col: &str, trace_col: Option<&str>, b: &mut Sca
                 b.trace_id = Some(v);
             }
         }
-        Expr::Between(Between { expr, negated: false, low, high }) if column_name(expr) == Some(time_col) => {
+        Expr::Between(Between {
+            expr,
+            negated: false,
+            low,
+            high,
+        }) if column_name(expr) == Some(time_col) => {
             if let (Some(lo), Some(hi)) = (literal_ns(low), literal_ns(high)) {
                 tighten_lo(&mut b.from_ns, lo);
                 tighten_hi(&mut b.to_ns, hi);
@@ -156,7 +169,10 @@ impl TableProvider for StoreTable {
         TableType::Base
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
         // Inexact: we prune with them, DataFusion still filters rows exactly.
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
@@ -168,9 +184,14 @@ impl TableProvider for StoreTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        self.store.refresh().await.map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        self.store
+            .refresh()
+            .await
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
         let bounds = self.bounds(filters);
-        let snap = self.store.snapshot(self.table, bounds.from_ns, bounds.to_ns);
+        let snap = self
+            .store
+            .snapshot(self.table, bounds.from_ns, bounds.to_ns);
         let considered = snap.files.len();
         let mut files = snap.files;
         if let Some(t) = &bounds.trace_id {
@@ -182,7 +203,9 @@ impl TableProvider for StoreTable {
         let schema = self.table.schema();
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         if !snap.batches.is_empty() {
-            let mem = MemorySourceConfig::try_new(&[snap.batches], schema.clone(), projection.cloned())?.with_limit(limit);
+            let mem =
+                MemorySourceConfig::try_new(&[snap.batches], schema.clone(), projection.cloned())?
+                    .with_limit(limit);
             inputs.push(DataSourceExec::from_data_source(mem));
         }
         if !files.is_empty() {
@@ -196,9 +219,15 @@ impl TableProvider for StoreTable {
                 let dfs = DFSchema::try_from(schema.clone())?;
                 src = src.with_predicate(state.create_physical_expr(e, &dfs)?);
             }
-            let parts: Vec<PartitionedFile> = files.iter().map(|f| PartitionedFile::new(f.path.clone(), f.bytes)).collect();
+            let parts: Vec<PartitionedFile> = files
+                .iter()
+                .map(|f| PartitionedFile::new(f.path.clone(), f.bytes))
+                .collect();
             let n = state.config_options().execution.target_partitions.max(1);
-            let groups: Vec<FileGroup> = parts.chunks(parts.len().div_ceil(n)).map(|c| FileGroup::new(c.to_vec())).collect();
+            let groups: Vec<FileGroup> = parts
+                .chunks(parts.len().div_ceil(n))
+                .map(|c| FileGroup::new(c.to_vec()))
+                .collect();
             let conf = FileScanConfigBuilder::new(self.url.clone(), Arc::new(src))
                 .with_file_groups(groups)
                 .with_projection_indices(projection.cloned())?
@@ -207,7 +236,9 @@ impl TableProvider for StoreTable {
             inputs.push(DataSourceExec::from_data_source(conf));
         }
         if inputs.is_empty() {
-            return Ok(Arc::new(EmptyExec::new(datafusion::physical_plan::project_schema(&schema, projection)?)));
+            return Ok(Arc::new(EmptyExec::new(
+                datafusion::physical_plan::project_schema(&schema, projection)?,
+            )));
         }
         UnionExec::try_new(inputs)
     }

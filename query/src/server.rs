@@ -13,9 +13,14 @@ use crate::config::ServerConfig;
 use crate::sql::QueryEngine;
 
 pub fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.
@@ -41,19 +46,40 @@ pub async fn shutdown_signal() {
 }
 
 /// A running server; `run` serves until `stop` resolves, then flushes and returns.
-pub async fn run(role: Role, cfg: ServerConfig, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let store = Store::open(cfg.store.clone())
-        .await
-        .with_context(|| format!("opening storage at {} (WAL {})", cfg.store.location, cfg.store.wal_dir.display()))?;
-    let engine = if role == Role::Collector { None } else { Some(QueryEngine::new(store.clone())?) };
-    let state = AppState { role, store: store.clone(), engine, sql_limits: cfg.sql };
+pub async fn run(
+    role: Role,
+    cfg: ServerConfig,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = Store::open(cfg.store.clone()).await.with_context(|| {
+        format!(
+            "opening storage at {} (WAL {})",
+            cfg.store.location,
+            cfg.store.wal_dir.display()
+        )
+    })?;
+    let engine = if role == Role::Collector {
+        None
+    } else {
+        Some(QueryEngine::new(store.clone())?)
+    };
+    let state = AppState {
+        role,
+        store: store.clone(),
+        engine,
+        sql_limits: cfg.sql,
+    };
     let app = router(state, cfg.max_body_bytes);
-    let listener = TcpListener::bind(cfg.api_addr).await.with_context(|| format!("binding --api-addr {}", cfg.api_addr))?;
+    let listener = TcpListener::bind(cfg.api_addr)
+        .await
+        .with_context(|| format!("binding --api-addr {}", cfg.api_addr))?;
     let addr = listener.local_addr()?;
     info!(role = role.as_str(), %addr, data = %cfg.store.location, "meshscope is serving");
     // A line tests and scripts can wait for.
     println!("meshscope {} listening on http://{addr}/", role.as_str());
-    axum::serve(listener, app).with_graceful_shutdown(stop).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await?;
     info!("shutting down: flushing buffered rows");
     store.shutdown().await.context("flushing on shutdown")?;
     info!("stopped cleanly");

@@ -20,7 +20,9 @@ pub enum SqlError {
     NotReadOnly(String),
     #[error("invalid query: {0}")]
     Invalid(String),
-    #[error("the query ran longer than the time limit of {0:?}; narrow the time range or add filters")]
+    #[error(
+        "the query ran longer than the time limit of {0:?}; narrow the time range or add filters"
+    )]
     Timeout(Duration),
     #[error("the result has more than {0} rows (the row limit); add a LIMIT or narrow the query")]
     TooManyRows(usize),
@@ -37,13 +39,17 @@ impl SqlError {
 
 fn classify(e: DataFusionError) -> SqlError {
     let msg = e.to_string();
-    if msg.contains("DDL not supported") || msg.contains("DML not supported") || msg.contains("Statement not supported") {
+    if msg.contains("DDL not supported")
+        || msg.contains("DML not supported")
+        || msg.contains("Statement not supported")
+    {
         SqlError::NotReadOnly(msg)
     } else {
-        match e {
-            DataFusionError::SQL(..) | DataFusionError::Plan(_) | DataFusionError::SchemaError(..) | DataFusionError::NotImplemented(_) => {
-                SqlError::Invalid(msg)
-            }
+        match e.find_root() {
+            DataFusionError::SQL(..)
+            | DataFusionError::Plan(_)
+            | DataFusionError::SchemaError(..)
+            | DataFusionError::NotImplemented(_) => SqlError::Invalid(msg),
             _ => SqlError::Execution(msg),
         }
     }
@@ -57,7 +63,10 @@ pub struct SqlLimits {
 
 impl Default for SqlLimits {
     fn default() -> Self {
-        SqlLimits { timeout: Duration::from_secs(10), max_rows: 10_000 }
+        SqlLimits {
+            timeout: Duration::from_secs(10),
+            max_rows: 10_000,
+        }
     }
 }
 
@@ -82,7 +91,8 @@ impl QueryEngine {
         // Table functions are not needed and generate unbounded rows.
         ctx.deregister_udtf("generate_series");
         ctx.deregister_udtf("range");
-        let url = url::Url::parse(store.object_store_url()).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let url = url::Url::parse(store.object_store_url())
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
         ctx.register_object_store(&url, store.object_store());
         for t in Table::ALL {
             ctx.register_table(t.name(), Arc::new(StoreTable::new(t, store.clone())?))?;
@@ -100,9 +110,16 @@ impl QueryEngine {
 
     /// Runs one read-only query within the limits.
     pub async fn query(&self, sql: &str, limits: SqlLimits) -> Result<SqlOutput, SqlError> {
-        let opts = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        let opts = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
         let run = async {
-            let df = self.ctx.sql_with_options(sql, opts).await.map_err(classify)?;
+            let df = self
+                .ctx
+                .sql_with_options(sql, opts)
+                .await
+                .map_err(classify)?;
             let plan = df.create_physical_plan().await.map_err(classify)?;
             let mut stream = execute_stream(plan.clone(), self.ctx.task_ctx()).map_err(classify)?;
             let mut batches = Vec::new();

@@ -2,11 +2,20 @@
 
 /// Envoy's short response flags (`%RESPONSE_FLAGS%`) and what each one means.
 pub const RESPONSE_FLAGS: &[(&str, &str)] = &[
-    ("UH", "no healthy upstream hosts (e.g. all ejected by outlier detection)"),
+    (
+        "UH",
+        "no healthy upstream hosts (e.g. all ejected by outlier detection)",
+    ),
     ("UF", "upstream connection failure"),
-    ("UO", "upstream overflow: circuit breaker open (max connections/pending/requests)"),
+    (
+        "UO",
+        "upstream overflow: circuit breaker open (max connections/pending/requests)",
+    ),
     ("NR", "no route configured for the request"),
-    ("URX", "rejected: upstream retry limit or max connect attempts reached"),
+    (
+        "URX",
+        "rejected: upstream retry limit or max connect attempts reached",
+    ),
     ("NC", "upstream cluster not found"),
     ("DT", "request or connection exceeded max duration"),
     ("DC", "downstream connection termination"),
@@ -34,12 +43,17 @@ pub const RESPONSE_FLAGS: &[(&str, &str)] = &[
 
 /// The one-line meaning of an Envoy response flag, if it is one Envoy defines.
 pub fn response_flag_meaning(flag: &str) -> Option<&'static str> {
-    RESPONSE_FLAGS.iter().find(|(f, _)| *f == flag).map(|(_, m)| *m)
+    RESPONSE_FLAGS
+        .iter()
+        .find(|(f, _)| *f == flag)
+        .map(|(_, m)| *m)
 }
 
 /// Flags that mean Envoy answered locally: the request never reached a workload, so only the
 /// source reporter saw it.
-pub const LOCAL_REPLY_FLAGS: &[&str] = &["UO", "UH", "NR", "NC", "FI", "RL", "UAEX", "DO", "UF", "URX", "DF"];
+pub const LOCAL_REPLY_FLAGS: &[&str] = &[
+    "UO", "UH", "NR", "NC", "FI", "RL", "UAEX", "DO", "UF", "URX", "DF",
+];
 
 /// Which side of a call an Envoy proxy reported from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,12 +97,19 @@ impl IstioCluster {
         let nonempty = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_string);
         let subset = nonempty(parts.next());
         let host = nonempty(parts.next());
-        Some(IstioCluster { reporter, port, subset, host })
+        Some(IstioCluster {
+            reporter,
+            port,
+            subset,
+            host,
+        })
     }
 
     /// `reviews` from `reviews.default.svc.cluster.local`.
     pub fn service_name(&self) -> Option<&str> {
-        self.host.as_deref().map(|h| h.split('.').next().unwrap_or(h))
+        self.host
+            .as_deref()
+            .map(|h| h.split('.').next().unwrap_or(h))
     }
 
     /// `default` from `reviews.default.svc.cluster.local`.
@@ -118,7 +139,11 @@ impl IstioNodeId {
         let ip = parts.next()?.to_string();
         let pod_ns = parts.next()?;
         let (pod, namespace) = pod_ns.split_once('.')?;
-        Some(IstioNodeId { ip, pod: pod.to_string(), namespace: namespace.to_string() })
+        Some(IstioNodeId {
+            ip,
+            pod: pod.to_string(),
+            namespace: namespace.to_string(),
+        })
     }
 }
 
@@ -138,12 +163,18 @@ mod tests {
         assert_eq!(i.reporter, Reporter::Destination);
         assert_eq!((i.subset, i.host), (None, None));
         assert_eq!(IstioCluster::parse("PassthroughCluster"), None);
-        assert_eq!(response_flag_meaning("UO").map(|m| m.contains("circuit breaker")), Some(true));
+        assert_eq!(
+            response_flag_meaning("UO").map(|m| m.contains("circuit breaker")),
+            Some(true)
+        );
     }
 
     #[test]
     fn node_ids() {
-        let n = IstioNodeId::parse("sidecar~127.0.10.2~reviews-v1-abc.default~default.svc.cluster.local").unwrap();
+        let n = IstioNodeId::parse(
+            "sidecar~127.0.10.2~reviews-v1-abc.default~default.svc.cluster.local",
+        )
+        .unwrap();
         assert_eq!(n.ip, "127.0.10.2");
         assert_eq!(n.pod, "reviews-v1-abc");
         assert_eq!(n.namespace, "default");

@@ -6,11 +6,19 @@ use std::fmt;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdError {
     #[error("{what} must be {expected} hex characters, got {got} characters")]
-    Length { what: &'static str, expected: usize, got: usize },
+    Length {
+        what: &'static str,
+        expected: usize,
+        got: usize,
+    },
     #[error("{what} is not hex: {value:?}")]
     NotHex { what: &'static str, value: String },
     #[error("{what} must be {expected} bytes, got {got} bytes")]
-    Bytes { what: &'static str, expected: usize, got: usize },
+    Bytes {
+        what: &'static str,
+        expected: usize,
+        got: usize,
+    },
     #[error("{what} is all zeros, which OTLP defines as invalid")]
     Zero { what: &'static str },
 }
@@ -27,7 +35,11 @@ macro_rules! fixed_id {
             pub fn from_hex(s: &str) -> Result<Self, IdError> {
                 let s = s.trim();
                 if s.is_empty() || s.len() > $len * 2 {
-                    return Err(IdError::Length { what: $what, expected: $len * 2, got: s.len() });
+                    return Err(IdError::Length {
+                        what: $what,
+                        expected: $len * 2,
+                        got: s.len(),
+                    });
                 }
                 let padded = format!("{:0>width$}", s, width = $len * 2);
                 let mut out = [0u8; $len];
@@ -36,7 +48,12 @@ macro_rules! fixed_id {
                     let lo = hex_val(chunk[1]);
                     match (hi, lo) {
                         (Some(h), Some(l)) => out[i] = (h << 4) | l,
-                        _ => return Err(IdError::NotHex { what: $what, value: s.to_string() }),
+                        _ => {
+                            return Err(IdError::NotHex {
+                                what: $what,
+                                value: s.to_string(),
+                            });
+                        }
                     }
                 }
                 Ok(Self(out))
@@ -44,9 +61,11 @@ macro_rules! fixed_id {
 
             /// Takes raw bytes (OTLP protobuf); all-zero ids are invalid per the OTLP spec.
             pub fn from_bytes(b: &[u8]) -> Result<Self, IdError> {
-                let arr: [u8; $len] = b
-                    .try_into()
-                    .map_err(|_| IdError::Bytes { what: $what, expected: $len, got: b.len() })?;
+                let arr: [u8; $len] = b.try_into().map_err(|_| IdError::Bytes {
+                    what: $what,
+                    expected: $len,
+                    got: b.len(),
+                })?;
                 if arr.iter().all(|&x| x == 0) {
                     return Err(IdError::Zero { what: $what });
                 }
@@ -101,8 +120,17 @@ mod tests {
         assert_eq!(t.to_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         let short = TraceId::from_hex("a3ce929d0e0e4736").unwrap();
         assert_eq!(short.to_hex(), "0000000000000000a3ce929d0e0e4736");
-        assert!(matches!(TraceId::from_hex("xyz"), Err(IdError::NotHex { .. })));
-        assert!(matches!(SpanId::from_bytes(&[1, 2, 3, 4, 5]), Err(IdError::Bytes { got: 5, .. })));
-        assert!(matches!(SpanId::from_bytes(&[0; 8]), Err(IdError::Zero { .. })));
+        assert!(matches!(
+            TraceId::from_hex("xyz"),
+            Err(IdError::NotHex { .. })
+        ));
+        assert!(matches!(
+            SpanId::from_bytes(&[1, 2, 3, 4, 5]),
+            Err(IdError::Bytes { got: 5, .. })
+        ));
+        assert!(matches!(
+            SpanId::from_bytes(&[0; 8]),
+            Err(IdError::Zero { .. })
+        ));
     }
 }

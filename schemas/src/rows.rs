@@ -168,7 +168,10 @@ fn i32s<I: Iterator<Item = Option<i32>>>(it: I) -> ArrayRef {
     Arc::new(b.finish())
 }
 
-fn fixed<'a, I: Iterator<Item = Option<&'a [u8]>>>(size: i32, it: I) -> Result<ArrayRef, ArrowError> {
+fn fixed<'a, I: Iterator<Item = Option<&'a [u8]>>>(
+    size: i32,
+    it: I,
+) -> Result<ArrayRef, ArrowError> {
     let mut b = FixedSizeBinaryBuilder::new(size);
     for v in it {
         match v {
@@ -191,11 +194,24 @@ fn maps<'a, I: Iterator<Item = &'a Attrs>>(it: I) -> Result<ArrayRef, ArrowError
     Ok(Arc::new(b.finish()))
 }
 
-fn list_of(fields: arrow_schema::Fields, columns: Vec<ArrayRef>, lens: &[usize]) -> Result<ArrayRef, ArrowError> {
+fn list_of(
+    fields: arrow_schema::Fields,
+    columns: Vec<ArrayRef>,
+    lens: &[usize],
+) -> Result<ArrayRef, ArrowError> {
     let values = StructArray::try_new(fields.clone(), columns, None)?;
     let offsets = OffsetBuffer::<i32>::from_lengths(lens.iter().copied());
-    let field = Arc::new(Field::new("item", arrow_schema::DataType::Struct(fields), true));
-    Ok(Arc::new(ListArray::try_new(field, offsets, Arc::new(values), None)?))
+    let field = Arc::new(Field::new(
+        "item",
+        arrow_schema::DataType::Struct(fields),
+        true,
+    ));
+    Ok(Arc::new(ListArray::try_new(
+        field,
+        offsets,
+        Arc::new(values),
+        None,
+    )?))
 }
 
 macro_rules! s {
@@ -230,7 +246,11 @@ pub fn spans_batch(rows: &[SpanRow]) -> Result<RecordBatch, ArrowError> {
     let cols: Vec<ArrayRef> = vec![
         fixed(16, rows.iter().map(|r| Some(&r.trace_id.0[..])))?,
         fixed(8, rows.iter().map(|r| Some(&r.span_id.0[..])))?,
-        fixed(8, rows.iter().map(|r| r.parent_span_id.as_ref().map(|p| &p.0[..])))?,
+        fixed(
+            8,
+            rows.iter()
+                .map(|r| r.parent_span_id.as_ref().map(|p| &p.0[..])),
+        )?,
         s!(rows, trace_state),
         ts(rows.iter().map(|r| r.start_time_unix_nano)),
         i64s(rows.iter().map(|r| Some(r.duration_ns))),
@@ -308,7 +328,10 @@ pub fn requests_batch(rows: &[RequestRow]) -> Result<RecordBatch, ArrowError> {
         s!(rows, destination_service_name),
         s!(rows, destination_subset),
         i32s(rows.iter().map(|r| r.destination_port)),
-        fixed(16, rows.iter().map(|r| r.trace_id.as_ref().map(|t| &t.0[..])))?,
+        fixed(
+            16,
+            rows.iter().map(|r| r.trace_id.as_ref().map(|t| &t.0[..])),
+        )?,
         s!(rows, log_source),
     ];
     RecordBatch::try_new(Table::Requests.schema(), cols)
@@ -351,16 +374,41 @@ mod tests {
             kind: "server".into(),
             status_code: "unset".into(),
             attributes: vec![("k".into(), "v".into())],
-            events: vec![SpanEvent { time_unix_nano: 5, name: "e".into(), attributes: vec![] }],
-            links: vec![SpanLink { trace_id: TraceId([2; 16]), span_id: SpanId([3; 8]), ..Default::default() }],
+            events: vec![SpanEvent {
+                time_unix_nano: 5,
+                name: "e".into(),
+                attributes: vec![],
+            }],
+            links: vec![SpanLink {
+                trace_id: TraceId([2; 16]),
+                span_id: SpanId([3; 8]),
+                ..Default::default()
+            }],
             ..Default::default()
         };
-        let b = spans_batch(&[span.clone(), SpanRow { events: vec![], ..span }]).unwrap();
+        let b = spans_batch(&[
+            span.clone(),
+            SpanRow {
+                events: vec![],
+                ..span
+            },
+        ])
+        .unwrap();
         check_batch(Table::Spans, &b).unwrap();
         assert_eq!(b.num_rows(), 2);
-        let r = requests_batch(&[RequestRow { response_code: 503, ..Default::default() }]).unwrap();
+        let r = requests_batch(&[RequestRow {
+            response_code: 503,
+            ..Default::default()
+        }])
+        .unwrap();
         check_batch(Table::Requests, &r).unwrap();
-        let st = stat_samples_batch(&[StatSampleRow { proxy: "p".into(), metric: "m".into(), kind: "counter".into(), ..Default::default() }]).unwrap();
+        let st = stat_samples_batch(&[StatSampleRow {
+            proxy: "p".into(),
+            metric: "m".into(),
+            kind: "counter".into(),
+            ..Default::default()
+        }])
+        .unwrap();
         check_batch(Table::StatSamples, &st).unwrap();
     }
 }

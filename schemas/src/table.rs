@@ -26,9 +26,18 @@ pub enum SchemaError {
     #[error("table {table}: column `{column}` is not part of the schema")]
     ExtraColumn { table: &'static str, column: String },
     #[error("table {table}: column `{column}` has type {got}, expected {expected}")]
-    WrongType { table: &'static str, column: String, got: String, expected: String },
+    WrongType {
+        table: &'static str,
+        column: String,
+        got: String,
+        expected: String,
+    },
     #[error("table {table}: column `{column}` must not be null ({nulls} null values)")]
-    NullInRequired { table: &'static str, column: String, nulls: usize },
+    NullInRequired {
+        table: &'static str,
+        column: String,
+        nulls: usize,
+    },
 }
 
 impl Table {
@@ -102,9 +111,24 @@ impl Table {
         static S: OnceLock<[SchemaRef; 3]> = OnceLock::new();
         let all = S.get_or_init(|| {
             [
-                Arc::new(Schema::new(columns(Table::Spans).iter().map(|c| c.field()).collect::<Vec<_>>())),
-                Arc::new(Schema::new(columns(Table::Requests).iter().map(|c| c.field()).collect::<Vec<_>>())),
-                Arc::new(Schema::new(columns(Table::StatSamples).iter().map(|c| c.field()).collect::<Vec<_>>())),
+                Arc::new(Schema::new(
+                    columns(Table::Spans)
+                        .iter()
+                        .map(|c| c.field())
+                        .collect::<Vec<_>>(),
+                )),
+                Arc::new(Schema::new(
+                    columns(Table::Requests)
+                        .iter()
+                        .map(|c| c.field())
+                        .collect::<Vec<_>>(),
+                )),
+                Arc::new(Schema::new(
+                    columns(Table::StatSamples)
+                        .iter()
+                        .map(|c| c.field())
+                        .collect::<Vec<_>>(),
+                )),
             ]
         });
         all[(self.tag() - 1) as usize].clone()
@@ -112,7 +136,10 @@ impl Table {
 
     /// (column, type, documentation) for every column, in schema order.
     pub fn column_docs(self) -> Vec<(&'static str, String, &'static str)> {
-        columns(self).iter().map(|c| (c.name, format!("{}", c.ty()), c.doc)).collect()
+        columns(self)
+            .iter()
+            .map(|c| (c.name, format!("{}", c.ty()), c.doc))
+            .collect()
     }
 }
 
@@ -123,12 +150,18 @@ pub fn check_batch(table: Table, batch: &RecordBatch) -> Result<(), SchemaError>
     let got = batch.schema();
     for f in got.fields() {
         if want.field_with_name(f.name()).is_err() {
-            return Err(SchemaError::ExtraColumn { table: table.name(), column: f.name().clone() });
+            return Err(SchemaError::ExtraColumn {
+                table: table.name(),
+                column: f.name().clone(),
+            });
         }
     }
     for (i, wf) in want.fields().iter().enumerate() {
         let Some((gi, gf)) = got.column_with_name(wf.name()) else {
-            return Err(SchemaError::MissingColumn { table: table.name(), column: wf.name().clone() });
+            return Err(SchemaError::MissingColumn {
+                table: table.name(),
+                column: wf.name().clone(),
+            });
         };
         if gi != i || !types_match(gf.data_type(), wf.data_type()) {
             return Err(SchemaError::WrongType {
@@ -157,7 +190,9 @@ fn types_match(a: &DataType, b: &DataType) -> bool {
         (DataType::Map(x, _), DataType::Map(y, _)) => types_match(x.data_type(), y.data_type()),
         (DataType::Struct(x), DataType::Struct(y)) => {
             x.len() == y.len()
-                && x.iter().zip(y.iter()).all(|(p, q)| p.name() == q.name() && types_match(p.data_type(), q.data_type()))
+                && x.iter()
+                    .zip(y.iter())
+                    .all(|(p, q)| p.name() == q.name() && types_match(p.data_type(), q.data_type()))
         }
         _ => a == b,
     }
@@ -200,7 +235,11 @@ pub fn span_event_fields() -> Fields {
 }
 
 pub fn span_link_type() -> DataType {
-    DataType::List(Arc::new(Field::new("item", DataType::Struct(span_link_fields()), true)))
+    DataType::List(Arc::new(Field::new(
+        "item",
+        DataType::Struct(span_link_fields()),
+        true,
+    )))
 }
 
 pub fn span_link_fields() -> Fields {
@@ -255,11 +294,21 @@ impl Column {
 }
 
 const fn req(name: &'static str, ty: Ty, doc: &'static str) -> Column {
-    Column { name, ty, nullable: false, doc }
+    Column {
+        name,
+        ty,
+        nullable: false,
+        doc,
+    }
 }
 
 const fn opt(name: &'static str, ty: Ty, doc: &'static str) -> Column {
-    Column { name, ty, nullable: true, doc }
+    Column {
+        name,
+        ty,
+        nullable: true,
+        doc,
+    }
 }
 
 fn columns(table: Table) -> &'static [Column] {
@@ -309,39 +358,107 @@ pub mod spans {
     pub const LINKS: &str = "links";
 
     pub(super) const COLUMNS: &[Column] = &[
-        req(TRACE_ID, TraceId, "16-byte trace id (hex in SQL output via encode(trace_id, 'hex'))"),
+        req(
+            TRACE_ID,
+            TraceId,
+            "16-byte trace id (hex in SQL output via encode(trace_id, 'hex'))",
+        ),
         req(SPAN_ID, SpanId, "8-byte span id"),
-        opt(PARENT_SPAN_ID, SpanId, "parent span id; null for a root span"),
+        opt(
+            PARENT_SPAN_ID,
+            SpanId,
+            "parent span id; null for a root span",
+        ),
         opt(TRACE_STATE, Utf8, "W3C tracestate"),
-        req(START_TIME, Timestamp, "span start, UTC nanoseconds; partitions the table by hour"),
+        req(
+            START_TIME,
+            Timestamp,
+            "span start, UTC nanoseconds; partitions the table by hour",
+        ),
         req(DURATION_NS, Int64, "end minus start, nanoseconds"),
-        req(SERVICE_NAME, Utf8, "resource attribute service.name (Envoy: the proxy's service cluster)"),
-        req(NAME, Utf8, "span name (Envoy: the route or host, e.g. `reviews.default.svc.cluster.local:9080/*`)"),
-        req(KIND, Utf8, "unspecified, internal, server, client, producer or consumer"),
+        req(
+            SERVICE_NAME,
+            Utf8,
+            "resource attribute service.name (Envoy: the proxy's service cluster)",
+        ),
+        req(
+            NAME,
+            Utf8,
+            "span name (Envoy: the route or host, e.g. `reviews.default.svc.cluster.local:9080/*`)",
+        ),
+        req(
+            KIND,
+            Utf8,
+            "unspecified, internal, server, client, producer or consumer",
+        ),
         req(STATUS_CODE, Utf8, "unset, ok or error"),
-        opt(STATUS_MESSAGE, Utf8, "status message, when the status is error"),
-        opt(REQUEST_ID, Utf8, "Envoy's `guid:x-request-id`: joins spans to access-log lines"),
+        opt(
+            STATUS_MESSAGE,
+            Utf8,
+            "status message, when the status is error",
+        ),
+        opt(
+            REQUEST_ID,
+            Utf8,
+            "Envoy's `guid:x-request-id`: joins spans to access-log lines",
+        ),
         opt(HTTP_METHOD, Utf8, "http.method / http.request.method"),
-        opt(HTTP_STATUS_CODE, Int32, "http.status_code / http.response.status_code"),
+        opt(
+            HTTP_STATUS_CODE,
+            Int32,
+            "http.status_code / http.response.status_code",
+        ),
         opt(HTTP_URL, Utf8, "http.url / url.full"),
         opt(HTTP_PROTOCOL, Utf8, "http.protocol (HTTP/1.1, HTTP/2)"),
         opt(USER_AGENT, Utf8, "user_agent / user_agent.original"),
-        opt(UPSTREAM_CLUSTER, Utf8, "Envoy upstream_cluster (e.g. outbound|9080|v1|reviews.default.svc.cluster.local)"),
-        opt(UPSTREAM_ADDRESS, Utf8, "Envoy upstream_address: the host that served the request"),
-        opt(RESPONSE_FLAGS, Utf8, "Envoy response_flags (UO, UH, FI, …); null when `-`"),
-        opt(PEER_ADDRESS, Utf8, "peer.address: the downstream address as Envoy saw it"),
+        opt(
+            UPSTREAM_CLUSTER,
+            Utf8,
+            "Envoy upstream_cluster (e.g. outbound|9080|v1|reviews.default.svc.cluster.local)",
+        ),
+        opt(
+            UPSTREAM_ADDRESS,
+            Utf8,
+            "Envoy upstream_address: the host that served the request",
+        ),
+        opt(
+            RESPONSE_FLAGS,
+            Utf8,
+            "Envoy response_flags (UO, UH, FI, …); null when `-`",
+        ),
+        opt(
+            PEER_ADDRESS,
+            Utf8,
+            "peer.address: the downstream address as Envoy saw it",
+        ),
         opt(DOWNSTREAM_CLUSTER, Utf8, "Envoy downstream_cluster"),
-        opt(NODE_ID, Utf8, "Envoy node_id (sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local)"),
+        opt(
+            NODE_ID,
+            Utf8,
+            "Envoy node_id (sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local)",
+        ),
         opt(COMPONENT, Utf8, "component (Envoy sets `proxy`)"),
         opt(ISTIO_CANONICAL_SERVICE, Utf8, "istio.canonical_service"),
         opt(ISTIO_CANONICAL_REVISION, Utf8, "istio.canonical_revision"),
         opt(ISTIO_NAMESPACE, Utf8, "istio.namespace"),
         opt(ISTIO_MESH_ID, Utf8, "istio.mesh_id"),
         opt(SCOPE_NAME, Utf8, "instrumentation scope name"),
-        opt(ATTRIBUTES, StringMap, "remaining span attributes, values as text (arrays and maps as JSON)"),
-        opt(RESOURCE_ATTRIBUTES, StringMap, "resource attributes other than service.name"),
+        opt(
+            ATTRIBUTES,
+            StringMap,
+            "remaining span attributes, values as text (arrays and maps as JSON)",
+        ),
+        opt(
+            RESOURCE_ATTRIBUTES,
+            StringMap,
+            "resource attributes other than service.name",
+        ),
         opt(EVENTS, Events, "span events: time, name, attributes"),
-        opt(LINKS, Links, "span links: trace_id, span_id, trace_state, attributes"),
+        opt(
+            LINKS,
+            Links,
+            "span links: trace_id, span_id, trace_state, attributes",
+        ),
     ];
 }
 
@@ -393,48 +510,148 @@ pub mod requests {
     pub const LOG_SOURCE: &str = "log_source";
 
     pub(super) const COLUMNS: &[Column] = &[
-        req(START_TIME, Timestamp, "%START_TIME%: when the request started, UTC nanoseconds; partitions by hour"),
+        req(
+            START_TIME,
+            Timestamp,
+            "%START_TIME%: when the request started, UTC nanoseconds; partitions by hour",
+        ),
         opt(METHOD, Utf8, "%REQ(:METHOD)%"),
         opt(PATH, Utf8, "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
-        opt(PROTOCOL, Utf8, "%PROTOCOL% (HTTP/1.1, HTTP/2); null for TCP"),
-        req(RESPONSE_CODE, Int32, "%RESPONSE_CODE%; 0 when no response was sent"),
-        opt(RESPONSE_FLAGS, Utf8, "%RESPONSE_FLAGS% (comma-separated, e.g. UO); null when `-`"),
-        opt(RESPONSE_CODE_DETAILS, Utf8, "%RESPONSE_CODE_DETAILS% (e.g. upstream_reset_before_response_started{overflow})"),
-        opt(CONNECTION_TERMINATION_DETAILS, Utf8, "%CONNECTION_TERMINATION_DETAILS%"),
-        opt(UPSTREAM_TRANSPORT_FAILURE_REASON, Utf8, "%UPSTREAM_TRANSPORT_FAILURE_REASON%"),
-        req(BYTES_RECEIVED, Int64, "%BYTES_RECEIVED%: request body bytes"),
+        opt(
+            PROTOCOL,
+            Utf8,
+            "%PROTOCOL% (HTTP/1.1, HTTP/2); null for TCP",
+        ),
+        req(
+            RESPONSE_CODE,
+            Int32,
+            "%RESPONSE_CODE%; 0 when no response was sent",
+        ),
+        opt(
+            RESPONSE_FLAGS,
+            Utf8,
+            "%RESPONSE_FLAGS% (comma-separated, e.g. UO); null when `-`",
+        ),
+        opt(
+            RESPONSE_CODE_DETAILS,
+            Utf8,
+            "%RESPONSE_CODE_DETAILS% (e.g. upstream_reset_before_response_started{overflow})",
+        ),
+        opt(
+            CONNECTION_TERMINATION_DETAILS,
+            Utf8,
+            "%CONNECTION_TERMINATION_DETAILS%",
+        ),
+        opt(
+            UPSTREAM_TRANSPORT_FAILURE_REASON,
+            Utf8,
+            "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+        ),
+        req(
+            BYTES_RECEIVED,
+            Int64,
+            "%BYTES_RECEIVED%: request body bytes",
+        ),
         req(BYTES_SENT, Int64, "%BYTES_SENT%: response body bytes"),
-        req(DURATION_MS, Int64, "%DURATION%: total request duration, milliseconds"),
-        opt(UPSTREAM_SERVICE_TIME_MS, Int64, "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%, milliseconds"),
+        req(
+            DURATION_MS,
+            Int64,
+            "%DURATION%: total request duration, milliseconds",
+        ),
+        opt(
+            UPSTREAM_SERVICE_TIME_MS,
+            Int64,
+            "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%, milliseconds",
+        ),
         opt(X_FORWARDED_FOR, Utf8, "%REQ(X-FORWARDED-FOR)%"),
         opt(USER_AGENT, Utf8, "%REQ(USER-AGENT)%"),
-        opt(REQUEST_ID, Utf8, "%REQ(X-REQUEST-ID)%: joins access-log lines to spans"),
+        opt(
+            REQUEST_ID,
+            Utf8,
+            "%REQ(X-REQUEST-ID)%: joins access-log lines to spans",
+        ),
         opt(AUTHORITY, Utf8, "%REQ(:AUTHORITY)%"),
-        opt(UPSTREAM_HOST, Utf8, "%UPSTREAM_HOST%: the address the request went to"),
-        opt(UPSTREAM_CLUSTER, Utf8, "%UPSTREAM_CLUSTER_RAW% (outbound|9080|v1|reviews.default.svc.cluster.local, inbound|9080||)"),
+        opt(
+            UPSTREAM_HOST,
+            Utf8,
+            "%UPSTREAM_HOST%: the address the request went to",
+        ),
+        opt(
+            UPSTREAM_CLUSTER,
+            Utf8,
+            "%UPSTREAM_CLUSTER_RAW% (outbound|9080|v1|reviews.default.svc.cluster.local, inbound|9080||)",
+        ),
         opt(UPSTREAM_LOCAL_ADDRESS, Utf8, "%UPSTREAM_LOCAL_ADDRESS%"),
         opt(DOWNSTREAM_LOCAL_ADDRESS, Utf8, "%DOWNSTREAM_LOCAL_ADDRESS%"),
-        opt(DOWNSTREAM_REMOTE_ADDRESS, Utf8, "%DOWNSTREAM_REMOTE_ADDRESS%: the caller's address"),
+        opt(
+            DOWNSTREAM_REMOTE_ADDRESS,
+            Utf8,
+            "%DOWNSTREAM_REMOTE_ADDRESS%: the caller's address",
+        ),
         opt(REQUESTED_SERVER_NAME, Utf8, "%REQUESTED_SERVER_NAME% (SNI)"),
         opt(ROUTE_NAME, Utf8, "%ROUTE_NAME%"),
-        opt(REPORTER, Utf8, "derived: `source` (outbound cluster) or `destination` (inbound cluster)"),
+        opt(
+            REPORTER,
+            Utf8,
+            "derived: `source` (outbound cluster) or `destination` (inbound cluster)",
+        ),
         opt(REQUEST_PROTOCOL, Utf8, "derived: http, grpc or tcp"),
-        opt(PROXY, Utf8, "derived: the proxy that wrote the line (pod name or node id)"),
+        opt(
+            PROXY,
+            Utf8,
+            "derived: the proxy that wrote the line (pod name or node id)",
+        ),
         opt(SOURCE_NAMESPACE, Utf8, "derived: the caller's namespace"),
         opt(SOURCE_WORKLOAD, Utf8, "derived: the caller's workload"),
         opt(SOURCE_APP, Utf8, "derived: the caller's app label"),
         opt(SOURCE_VERSION, Utf8, "derived: the caller's version label"),
-        opt(SOURCE_SERVICE, Utf8, "derived: the caller's canonical service"),
-        opt(DESTINATION_NAMESPACE, Utf8, "derived: the callee's namespace"),
+        opt(
+            SOURCE_SERVICE,
+            Utf8,
+            "derived: the caller's canonical service",
+        ),
+        opt(
+            DESTINATION_NAMESPACE,
+            Utf8,
+            "derived: the callee's namespace",
+        ),
         opt(DESTINATION_WORKLOAD, Utf8, "derived: the callee's workload"),
         opt(DESTINATION_APP, Utf8, "derived: the callee's app label"),
-        opt(DESTINATION_VERSION, Utf8, "derived: the callee's version label"),
-        opt(DESTINATION_SERVICE, Utf8, "derived: the callee's service host (reviews.default.svc.cluster.local)"),
-        opt(DESTINATION_SERVICE_NAME, Utf8, "derived: the callee's service short name (reviews)"),
-        opt(DESTINATION_SUBSET, Utf8, "derived: the subset from the cluster name (v1)"),
-        opt(DESTINATION_PORT, Int32, "derived: the port from the cluster name (9080)"),
-        opt(TRACE_ID, TraceId, "the trace id, when known (traceparent or a span with this request id)"),
-        opt(LOG_SOURCE, Utf8, "where the line came from: a file path, `push` or `otlp`"),
+        opt(
+            DESTINATION_VERSION,
+            Utf8,
+            "derived: the callee's version label",
+        ),
+        opt(
+            DESTINATION_SERVICE,
+            Utf8,
+            "derived: the callee's service host (reviews.default.svc.cluster.local)",
+        ),
+        opt(
+            DESTINATION_SERVICE_NAME,
+            Utf8,
+            "derived: the callee's service short name (reviews)",
+        ),
+        opt(
+            DESTINATION_SUBSET,
+            Utf8,
+            "derived: the subset from the cluster name (v1)",
+        ),
+        opt(
+            DESTINATION_PORT,
+            Int32,
+            "derived: the port from the cluster name (9080)",
+        ),
+        opt(
+            TRACE_ID,
+            TraceId,
+            "the trace id, when known (traceparent or a span with this request id)",
+        ),
+        opt(
+            LOG_SOURCE,
+            Utf8,
+            "where the line came from: a file path, `push` or `otlp`",
+        ),
     ];
 }
 
@@ -455,14 +672,30 @@ pub mod stat_samples {
     pub const KIND: &str = "kind";
 
     pub(super) const COLUMNS: &[Column] = &[
-        req(TIME, Timestamp, "when the sample was taken, UTC nanoseconds; partitions by hour"),
-        req(PROXY, Utf8, "the proxy: pod name, or node id, or admin address"),
+        req(
+            TIME,
+            Timestamp,
+            "when the sample was taken, UTC nanoseconds; partitions by hour",
+        ),
+        req(
+            PROXY,
+            Utf8,
+            "the proxy: pod name, or node id, or admin address",
+        ),
         opt(PROXY_NAMESPACE, Utf8, "the proxy's namespace"),
         opt(PROXY_WORKLOAD, Utf8, "the proxy's workload"),
         opt(PROXY_APP, Utf8, "the proxy's app label"),
         opt(PROXY_VERSION, Utf8, "the proxy's version label"),
-        req(METRIC, Utf8, "metric name as Prometheus exposes it (envoy_cluster_upstream_rq_pending_overflow)"),
-        opt(CLUSTER_NAME, Utf8, "the cluster_name / envoy_cluster_name tag, when present"),
+        req(
+            METRIC,
+            Utf8,
+            "metric name as Prometheus exposes it (envoy_cluster_upstream_rq_pending_overflow)",
+        ),
+        opt(
+            CLUSTER_NAME,
+            Utf8,
+            "the cluster_name / envoy_cluster_name tag, when present",
+        ),
         opt(TAGS, StringMap, "all other tags (labels) of the sample"),
         req(VALUE, Float64, "the sample value"),
         req(KIND, Utf8, "counter, gauge or histogram"),
@@ -484,7 +717,10 @@ mod tests {
             names.dedup();
             assert_eq!(names.len(), docs.len(), "duplicate column in {}", t.name());
             assert!(docs.iter().all(|d| !d.2.is_empty()));
-            assert_eq!(schema.field_with_name(t.time_column()).unwrap().data_type(), &timestamp_type());
+            assert_eq!(
+                schema.field_with_name(t.time_column()).unwrap().data_type(),
+                &timestamp_type()
+            );
             assert_eq!(Table::from_tag(t.tag()), Some(t));
             assert_eq!(Table::from_name(t.name()).unwrap(), t);
         }

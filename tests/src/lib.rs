@@ -15,7 +15,10 @@ use serde_json::Value;
 /// (`target/<profile>/deps/<test>`).
 fn target_profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
 }
 
 /// Path of the `meshscope` binary; builds it once if it is missing or `MESHSCOPE_BIN` is unset.
@@ -37,7 +40,9 @@ pub fn meshscope_bin() -> PathBuf {
         }
         // Always (re)build: cargo is a no-op when the binary is fresh, and a stale binary
         // would test old code.
-        let status = cmd.status().expect("running cargo build for the meshscope binary");
+        let status = cmd
+            .status()
+            .expect("running cargo build for the meshscope binary");
         assert!(status.success(), "cargo build of meshscope failed");
         assert!(bin.exists(), "{} missing after build", bin.display());
         bin
@@ -62,7 +67,14 @@ impl Server {
         let mut child = Command::new(meshscope_bin())
             .arg(sub)
             .args(["--data-dir", data_dir.to_str().expect("utf-8 path")])
-            .args(["--api-addr", "127.0.0.1:0", "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0"])
+            .args([
+                "--api-addr",
+                "127.0.0.1:0",
+                "--otlp-grpc-addr",
+                "127.0.0.1:0",
+                "--otlp-http-addr",
+                "127.0.0.1:0",
+            ])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -81,10 +93,18 @@ impl Server {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
-                panic!("meshscope {sub} did not start: {}", std::fs::read_to_string(&stderr_log).unwrap_or_default());
+                panic!(
+                    "meshscope {sub} did not start: {}",
+                    std::fs::read_to_string(&stderr_log).unwrap_or_default()
+                );
             }
         };
-        Server { child, addr, data_dir: data_dir.to_path_buf(), stderr_log }
+        Server {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            stderr_log,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -99,8 +119,12 @@ impl Server {
 
     /// POSTs a text body; returns (status, parsed JSON body).
     pub fn post_text(&self, path: &str, body: &str) -> (u16, Value) {
-        let resp = agent().post(&self.url(path)).send(body).expect("POST");
-        read(resp)
+        self.try_post_text(path, body).expect("POST")
+    }
+
+    /// POSTs a text body; a transport error (e.g. the server was killed) is an `Err`.
+    pub fn try_post_text(&self, path: &str, body: &str) -> Result<(u16, Value), ureq::Error> {
+        agent().post(&self.url(path)).send(body).map(read)
     }
 
     pub fn get_json(&self, path: &str) -> (u16, Value) {
@@ -124,7 +148,10 @@ impl Server {
             if let Ok(Some(st)) = self.child.try_wait() {
                 return st;
             }
-            assert!(Instant::now() < deadline, "meshscope did not exit within 30 s of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "meshscope did not exit within 30 s of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -158,7 +185,10 @@ fn read(mut resp: ureq::http::Response<ureq::Body>) -> (u16, Value) {
 
 /// Unix nanoseconds of the start of the current hour minus `hours_ago` hours, plus `offset_ns`.
 pub fn hour_start_ns(hours_ago: i64) -> i64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as i64;
     let h = 3_600_000_000_000i64;
     now.div_euclid(h) * h - hours_ago * h
 }
@@ -176,7 +206,9 @@ pub fn span(i: u64, t_ns: i64) -> SpanRow {
         trace_state: (i % 7 == 0).then(|| "vendor=x".to_string()),
         start_time_unix_nano: t_ns + i as i64 * 1000,
         duration_ns: 1_000_000 + i as i64,
-        service_name: ["productpage.default", "reviews.default", "ratings.default"][(i % 3) as usize].into(),
+        service_name: ["productpage.default", "reviews.default", "ratings.default"]
+            [(i % 3) as usize]
+            .into(),
         name: "reviews.default.svc.cluster.local:9080/*".into(),
         kind: if i % 2 == 0 { "server" } else { "client" }.into(),
         status_code: if i % 10 == 0 { "error" } else { "unset" }.into(),
@@ -192,22 +224,36 @@ pub fn span(i: u64, t_ns: i64) -> SpanRow {
         response_flags: (i % 10 == 0).then(|| "UO".to_string()),
         peer_address: Some("127.0.10.2".into()),
         downstream_cluster: None,
-        node_id: Some("sidecar~127.0.10.2~productpage-v1-1.default~default.svc.cluster.local".into()),
+        node_id: Some(
+            "sidecar~127.0.10.2~productpage-v1-1.default~default.svc.cluster.local".into(),
+        ),
         component: Some("proxy".into()),
         istio_canonical_service: Some("productpage".into()),
         istio_canonical_revision: Some("v1".into()),
         istio_namespace: Some("default".into()),
         istio_mesh_id: Some("cluster.local".into()),
         scope_name: None,
-        attributes: vec![("zone".into(), "z1".into()), ("request_size".into(), (i * 3).to_string())],
+        attributes: vec![
+            ("zone".into(), "z1".into()),
+            ("request_size".into(), (i * 3).to_string()),
+        ],
         resource_attributes: vec![("host.name".into(), format!("pod-{}", i % 5))],
         events: if i % 5 == 0 {
-            vec![SpanEvent { time_unix_nano: t_ns + 5, name: "retry".into(), attributes: vec![("n".into(), "1".into())] }]
+            vec![SpanEvent {
+                time_unix_nano: t_ns + 5,
+                name: "retry".into(),
+                attributes: vec![("n".into(), "1".into())],
+            }]
         } else {
             vec![]
         },
         links: if i % 6 == 0 {
-            vec![SpanLink { trace_id: TraceId([9; 16]), span_id: SpanId([8; 8]), trace_state: None, attributes: vec![] }]
+            vec![SpanLink {
+                trace_id: TraceId([9; 16]),
+                span_id: SpanId([8; 8]),
+                trace_state: None,
+                attributes: vec![],
+            }]
         } else {
             vec![]
         },

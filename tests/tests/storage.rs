@@ -23,14 +23,25 @@ fn cfg(dir: &std::path::Path) -> StoreConfig {
 /// Rows of a batch as sorted JSON strings: an order-independent, value-exact comparison.
 fn rows_of(batches: &[RecordBatch]) -> Vec<String> {
     let v: Value = serde_json::from_slice(&batches_to_json(batches).unwrap()).unwrap();
-    let mut rows: Vec<String> = v.as_array().unwrap().iter().map(|r| r.to_string()).collect();
+    let mut rows: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
     rows.sort();
     rows
 }
 
 async fn select_all(engine: &QueryEngine, table: Table) -> Vec<String> {
     let out = engine
-        .query(&format!("SELECT * FROM {}", table.name()), SqlLimits { timeout: Duration::from_secs(60), max_rows: 1_000_000 })
+        .query(
+            &format!("SELECT * FROM {}", table.name()),
+            SqlLimits {
+                timeout: Duration::from_secs(60),
+                max_rows: 1_000_000,
+            },
+        )
         .await
         .unwrap();
     rows_of(&out.batches)
@@ -39,9 +50,23 @@ async fn select_all(engine: &QueryEngine, table: Table) -> Vec<String> {
 fn sample_batches() -> Vec<(Table, RecordBatch)> {
     let t = hour_start_ns(1);
     vec![
-        (Table::Spans, spans_batch(&(0..200).map(|i| span(i, t)).collect::<Vec<_>>()).unwrap()),
-        (Table::Requests, requests_batch(&(0..200).map(|i| request(i, t + i as i64, &format!("r{i}"))).collect::<Vec<_>>()).unwrap()),
-        (Table::StatSamples, stat_samples_batch(&(0..200).map(|i| stat(i, t)).collect::<Vec<_>>()).unwrap()),
+        (
+            Table::Spans,
+            spans_batch(&(0..200).map(|i| span(i, t)).collect::<Vec<_>>()).unwrap(),
+        ),
+        (
+            Table::Requests,
+            requests_batch(
+                &(0..200)
+                    .map(|i| request(i, t + i as i64, &format!("r{i}")))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap(),
+        ),
+        (
+            Table::StatSamples,
+            stat_samples_batch(&(0..200).map(|i| stat(i, t)).collect::<Vec<_>>()).unwrap(),
+        ),
     ]
 }
 
@@ -49,18 +74,32 @@ fn sample_batches() -> Vec<(Table, RecordBatch)> {
 async fn every_table_round_trips_wal_buffer_parquet_datafusion() {
     let dir = tempfile::tempdir().unwrap();
     let data = sample_batches();
-    let expected: Vec<Vec<String>> = data.iter().map(|(_, b)| rows_of(std::slice::from_ref(b))).collect();
+    let expected: Vec<Vec<String>> = data
+        .iter()
+        .map(|(_, b)| rows_of(std::slice::from_ref(b)))
+        .collect();
     assert!(expected.iter().all(|rows| rows.len() == 200));
-    assert!(expected[0].iter().any(|r| r.contains(r#""name":"retry""#)), "events are part of the comparison");
+    assert!(
+        expected[0].iter().any(|r| r.contains(r#""name":"retry""#)),
+        "events are part of the comparison"
+    );
 
     // 1. buffer: visible as soon as the append is acknowledged
     let store = Store::open(cfg(dir.path())).await.unwrap();
     for (t, b) in &data {
-        assert_eq!(store.append(*t, b.clone()).await.unwrap().rows, b.num_rows());
+        assert_eq!(
+            store.append(*t, b.clone()).await.unwrap().rows,
+            b.num_rows()
+        );
     }
     let engine = QueryEngine::new(store.clone()).unwrap();
     for ((t, _), want) in data.iter().zip(&expected) {
-        assert_eq!(&select_all(&engine, *t).await, want, "{} from the buffer", t.name());
+        assert_eq!(
+            &select_all(&engine, *t).await,
+            want,
+            "{} from the buffer",
+            t.name()
+        );
     }
     // 2. WAL: stop without flushing, reopen, replay
     store.halt().await;
@@ -68,7 +107,12 @@ async fn every_table_round_trips_wal_buffer_parquet_datafusion() {
     let store = Store::open(cfg(dir.path())).await.unwrap();
     let engine = QueryEngine::new(store.clone()).unwrap();
     for ((t, _), want) in data.iter().zip(&expected) {
-        assert_eq!(&select_all(&engine, *t).await, want, "{} after WAL replay", t.name());
+        assert_eq!(
+            &select_all(&engine, *t).await,
+            want,
+            "{} after WAL replay",
+            t.name()
+        );
         assert!(store.manifests(*t).is_empty(), "nothing flushed yet");
     }
     // 3. Parquet: flush, and the rows come only from files now
@@ -77,14 +121,24 @@ async fn every_table_round_trips_wal_buffer_parquet_datafusion() {
         let snap = store.snapshot(*t, None, None);
         assert!(snap.batches.is_empty());
         assert_eq!(snap.files.iter().map(|f| f.rows).sum::<u64>(), 200);
-        assert_eq!(&select_all(&engine, *t).await, want, "{} from Parquet", t.name());
+        assert_eq!(
+            &select_all(&engine, *t).await,
+            want,
+            "{} from Parquet",
+            t.name()
+        );
     }
     // 4. and again after a restart: the flushed WAL is not replayed twice
     store.shutdown().await.unwrap();
     let store = Store::open(cfg(dir.path())).await.unwrap();
     let engine = QueryEngine::new(store.clone()).unwrap();
     for ((t, _), want) in data.iter().zip(&expected) {
-        assert_eq!(&select_all(&engine, *t).await, want, "{} after restart", t.name());
+        assert_eq!(
+            &select_all(&engine, *t).await,
+            want,
+            "{} after restart",
+            t.name()
+        );
     }
     store.shutdown().await.unwrap();
 }
@@ -95,7 +149,11 @@ async fn wrong_typed_column_is_rejected_by_name() {
     let store = Store::open(cfg(dir.path())).await.unwrap();
     // a stat_samples batch offered as requests
     let (_, stats) = sample_batches().remove(2);
-    let err = store.append(Table::Requests, stats).await.unwrap_err().to_string();
+    let err = store
+        .append(Table::Requests, stats)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("column"), "{err}");
     // a batch whose `value` column is Utf8 instead of Float64
     let (_, good) = sample_batches().remove(2);
@@ -105,10 +163,17 @@ async fn wrong_typed_column_is_rejected_by_name() {
     let idx = schema.index_of("value").unwrap();
     fields[idx] = arrow::datatypes::Field::new("value", arrow::datatypes::DataType::Utf8, false);
     cols[idx] = std::sync::Arc::new(arrow::array::StringArray::from(vec!["x"; good.num_rows()]));
-    let bad = RecordBatch::try_new(std::sync::Arc::new(arrow::datatypes::Schema::new(fields)), cols).unwrap();
+    let bad = RecordBatch::try_new(
+        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+        cols,
+    )
+    .unwrap();
     let err = store.append(Table::StatSamples, bad).await.unwrap_err();
     assert!(matches!(err, StoreError::Schema(_)));
-    assert_eq!(err.to_string(), "table stat_samples: column `value` has type Utf8, expected Float64");
+    assert_eq!(
+        err.to_string(),
+        "table stat_samples: column `value` has type Utf8, expected Float64"
+    );
     store.shutdown().await.unwrap();
 }
 
@@ -118,31 +183,58 @@ async fn corrupt_wal_tail_is_truncated_and_earlier_rows_survive() {
     let t = hour_start_ns(0);
     let store = Store::open(cfg(dir.path())).await.unwrap();
     for k in 0..5u64 {
-        let rows: Vec<_> = (0..10).map(|i| request(i, t, &format!("b{k}-{i}"))).collect();
-        store.append(Table::Requests, requests_batch(&rows).unwrap()).await.unwrap();
+        let rows: Vec<_> = (0..10)
+            .map(|i| request(i, t, &format!("b{k}-{i}")))
+            .collect();
+        store
+            .append(Table::Requests, requests_batch(&rows).unwrap())
+            .await
+            .unwrap();
     }
     store.halt().await;
     // flip one byte inside the last record: its checksum fails
     let wal_dir = dir.path().join("wal");
-    let seg = wal::segment_path(&wal_dir, *wal::list_segments(&wal_dir).unwrap().last().unwrap());
+    let seg = wal::segment_path(
+        &wal_dir,
+        *wal::list_segments(&wal_dir).unwrap().last().unwrap(),
+    );
     let mut bytes = std::fs::read(&seg).unwrap();
     let n = bytes.len();
     bytes[n - 20] ^= 0xff;
     std::fs::write(&seg, &bytes).unwrap();
     let store = Store::open(cfg(dir.path())).await.unwrap();
     let engine = QueryEngine::new(store.clone()).unwrap();
-    let out = engine.query("SELECT request_id FROM requests", SqlLimits::default()).await.unwrap();
+    let out = engine
+        .query("SELECT request_id FROM requests", SqlLimits::default())
+        .await
+        .unwrap();
     let mut ids: Vec<String> = rows_of(&out.batches);
     ids.dedup();
-    assert_eq!(ids.len(), 40, "the four intact appends survive, the corrupt fifth is dropped");
+    assert_eq!(
+        ids.len(),
+        40,
+        "the four intact appends survive, the corrupt fifth is dropped"
+    );
     assert!(ids.iter().all(|r| !r.contains("b4-")));
-    assert!(std::fs::metadata(&seg).unwrap().len() < n as u64, "the torn tail was truncated");
+    assert!(
+        std::fs::metadata(&seg).unwrap().len() < n as u64,
+        "the torn tail was truncated"
+    );
     // and the store keeps working after the truncation
-    store.append(Table::Requests, requests_batch(&[request(1, t, "after")]).unwrap()).await.unwrap();
+    store
+        .append(
+            Table::Requests,
+            requests_batch(&[request(1, t, "after")]).unwrap(),
+        )
+        .await
+        .unwrap();
     store.shutdown().await.unwrap();
     let store = Store::open(cfg(dir.path())).await.unwrap();
     let engine = QueryEngine::new(store.clone()).unwrap();
-    let out = engine.query("SELECT count(*) AS n FROM requests", SqlLimits::default()).await.unwrap();
+    let out = engine
+        .query("SELECT count(*) AS n FROM requests", SqlLimits::default())
+        .await
+        .unwrap();
     assert_eq!(rows_of(&out.batches), vec![r#"{"n":41}"#.to_string()]);
     store.shutdown().await.unwrap();
 }
@@ -155,7 +247,10 @@ async fn time_and_trace_bounded_queries_open_only_the_files_they_need() {
     for h in 0..3i64 {
         let t = hour_start_ns(3 - h);
         let rows: Vec<_> = (0..100u64).map(|i| span(h as u64 * 1000 + i, t)).collect();
-        store.append(Table::Spans, spans_batch(&rows).unwrap()).await.unwrap();
+        store
+            .append(Table::Spans, spans_batch(&rows).unwrap())
+            .await
+            .unwrap();
         store.flush().await.unwrap();
     }
     assert_eq!(store.manifests(Table::Spans).len(), 3);
@@ -165,13 +260,18 @@ async fn time_and_trace_bounded_queries_open_only_the_files_they_need() {
     let before = scanned(&store);
     let lo = chrono_rfc3339(hour_start_ns(2));
     let hi = chrono_rfc3339(hour_start_ns(1) - 1);
-    let sql = format!("SELECT count(*) AS n FROM spans WHERE start_time >= '{lo}' AND start_time <= '{hi}'");
+    let sql = format!(
+        "SELECT count(*) AS n FROM spans WHERE start_time >= '{lo}' AND start_time <= '{hi}'"
+    );
     let out = engine.query(&sql, SqlLimits::default()).await.unwrap();
     assert_eq!(rows_of(&out.batches), vec![r#"{"n":100}"#.to_string()]);
     assert_eq!(scanned(&store) - before, 1, "one hour → one file");
 
     let before = scanned(&store);
-    let out = engine.query("SELECT count(*) AS n FROM spans", SqlLimits::default()).await.unwrap();
+    let out = engine
+        .query("SELECT count(*) AS n FROM spans", SqlLimits::default())
+        .await
+        .unwrap();
     assert_eq!(rows_of(&out.batches), vec![r#"{"n":300}"#.to_string()]);
     assert_eq!(scanned(&store) - before, 3);
 
@@ -179,21 +279,37 @@ async fn time_and_trace_bounded_queries_open_only_the_files_they_need() {
     let trace = meshscope_tests::span(1004, 0).trace_id.to_hex();
     let before = scanned(&store);
     let out = engine
-        .query(&format!("SELECT count(*) AS n FROM spans WHERE trace_id = X'{trace}'"), SqlLimits::default())
+        .query(
+            &format!("SELECT count(*) AS n FROM spans WHERE trace_id = X'{trace}'"),
+            SqlLimits::default(),
+        )
         .await
         .unwrap();
     assert_eq!(rows_of(&out.batches), vec![r#"{"n":4}"#.to_string()]);
-    assert_eq!(scanned(&store) - before, 1, "manifest min/max trace id prunes the other files");
+    assert_eq!(
+        scanned(&store) - before,
+        1,
+        "manifest min/max trace id prunes the other files"
+    );
 
     // inside the file, a missing id in range is answered by the bloom filter / statistics
     let missing = meshscope_tests::span(1004, 0).trace_id.0;
     let mut m = missing;
     m[15] ^= 1;
     let hex: String = m.iter().map(|b| format!("{b:02x}")).collect();
-    let out = engine.query(&format!("SELECT * FROM spans WHERE trace_id = X'{hex}'"), SqlLimits::default()).await.unwrap();
+    let out = engine
+        .query(
+            &format!("SELECT * FROM spans WHERE trace_id = X'{hex}'"),
+            SqlLimits::default(),
+        )
+        .await
+        .unwrap();
     assert_eq!(out.batches.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
     let pruned = parquet_pruning(&out.plan);
-    assert!(pruned > 0, "Parquet pruning (statistics or bloom filter) skipped nothing");
+    assert!(
+        pruned > 0,
+        "Parquet pruning (statistics or bloom filter) skipped nothing"
+    );
     store.shutdown().await.unwrap();
 }
 
@@ -206,8 +322,16 @@ fn parquet_pruning(plan: &std::sync::Arc<dyn datafusion::physical_plan::Executio
     if let Some(dse) = plan.downcast_ref::<DataSourceExec>()
         && let Some(m) = dse.metrics()
     {
-        for name in ["row_groups_pruned_statistics", "row_groups_pruned_bloom_filter", "page_index_pages_pruned", "files_ranges_pruned_statistics"] {
-            if let Some(MetricValue::PruningMetrics { pruning_metrics, .. }) = m.sum_by_name(name) {
+        for name in [
+            "row_groups_pruned_statistics",
+            "row_groups_pruned_bloom_filter",
+            "page_index_pages_pruned",
+            "files_ranges_pruned_statistics",
+        ] {
+            if let Some(MetricValue::PruningMetrics {
+                pruning_metrics, ..
+            }) = m.sum_by_name(name)
+            {
                 total += pruning_metrics.pruned();
             }
         }
@@ -234,21 +358,46 @@ async fn retention_removes_old_partitions_and_nothing_newer() {
     // 9 days, 8 days, 6 days and 1 hour old
     for hours_ago in [9 * 24, 8 * 24, 6 * 24, 1] {
         let t = hour_start_ns(hours_ago);
-        let rows: Vec<_> = (0..10u64).map(|i| request(i, t, &format!("h{hours_ago}-{i}"))).collect();
-        store.append(Table::Requests, requests_batch(&rows).unwrap()).await.unwrap();
+        let rows: Vec<_> = (0..10u64)
+            .map(|i| request(i, t, &format!("h{hours_ago}-{i}")))
+            .collect();
+        store
+            .append(Table::Requests, requests_batch(&rows).unwrap())
+            .await
+            .unwrap();
     }
     store.flush().await.unwrap();
-    let files: Vec<String> = store.manifests(Table::Requests).iter().flat_map(|m| m.files.iter().map(|f| f.path.clone())).collect();
+    let files: Vec<String> = store
+        .manifests(Table::Requests)
+        .iter()
+        .flat_map(|m| m.files.iter().map(|f| f.path.clone()))
+        .collect();
     assert_eq!(files.len(), 4);
     let now = hour_start_ns(0) + 1;
     assert_eq!(store.apply_retention(now).await.unwrap(), 2);
-    let left: Vec<i64> = store.manifests(Table::Requests).iter().map(|m| m.hour).collect();
-    assert_eq!(left, vec![hour_start_ns(6 * 24) / 1_000_000_000, hour_start_ns(1) / 1_000_000_000]);
+    let left: Vec<i64> = store
+        .manifests(Table::Requests)
+        .iter()
+        .map(|m| m.hour)
+        .collect();
+    assert_eq!(
+        left,
+        vec![
+            hour_start_ns(6 * 24) / 1_000_000_000,
+            hour_start_ns(1) / 1_000_000_000
+        ]
+    );
     // the two old files are gone from disk, the two newer ones remain
-    let on_disk: Vec<bool> = files.iter().map(|p| std::path::Path::new(&format!("/{p}")).exists()).collect();
+    let on_disk: Vec<bool> = files
+        .iter()
+        .map(|p| std::path::Path::new(&format!("/{p}")).exists())
+        .collect();
     assert_eq!(on_disk, vec![false, false, true, true]);
     let engine = QueryEngine::new(store.clone()).unwrap();
-    let out = engine.query("SELECT count(*) AS n FROM requests", SqlLimits::default()).await.unwrap();
+    let out = engine
+        .query("SELECT count(*) AS n FROM requests", SqlLimits::default())
+        .await
+        .unwrap();
     assert_eq!(rows_of(&out.batches), vec![r#"{"n":20}"#.to_string()]);
     store.shutdown().await.unwrap();
 }
@@ -270,7 +419,10 @@ async fn compaction_merges_an_hour_into_one_sorted_file() {
     assert_eq!(store.manifests(Table::Spans)[0].files.len(), 4);
     assert_eq!(store.compact(true).await.unwrap(), 1);
     let m = &store.manifests(Table::Spans)[0];
-    assert_eq!((m.files.len(), m.files[0].rows, m.files[0].level), (1, 200, 1));
+    assert_eq!(
+        (m.files.len(), m.files[0].rows, m.files[0].level),
+        (1, 200, 1)
+    );
     let engine = QueryEngine::new(store.clone()).unwrap();
     assert_eq!(select_all(&engine, Table::Spans).await, expected);
     store.shutdown().await.unwrap();
@@ -282,8 +434,13 @@ async fn a_parquet_file_that_fails_to_open_is_quarantined_not_fatal() {
     let store = Store::open(cfg(dir.path())).await.unwrap();
     for h in [2i64, 1] {
         let t = hour_start_ns(h);
-        let rows: Vec<_> = (0..10u64).map(|i| request(i, t, &format!("q{h}-{i}"))).collect();
-        store.append(Table::Requests, requests_batch(&rows).unwrap()).await.unwrap();
+        let rows: Vec<_> = (0..10u64)
+            .map(|i| request(i, t, &format!("q{h}-{i}")))
+            .collect();
+        store
+            .append(Table::Requests, requests_batch(&rows).unwrap())
+            .await
+            .unwrap();
         store.flush().await.unwrap();
     }
     let victim = store.manifests(Table::Requests)[0].files[0].path.clone();
@@ -292,16 +449,35 @@ async fn a_parquet_file_that_fails_to_open_is_quarantined_not_fatal() {
 
     let store = Store::open(cfg(dir.path())).await.unwrap();
     let engine = QueryEngine::new(store.clone()).unwrap();
-    let out = engine.query("SELECT count(*) AS n FROM requests", SqlLimits::default()).await.unwrap();
-    assert_eq!(rows_of(&out.batches), vec![r#"{"n":10}"#.to_string()], "the healthy hour still answers");
+    let out = engine
+        .query("SELECT count(*) AS n FROM requests", SqlLimits::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        rows_of(&out.batches),
+        vec![r#"{"n":10}"#.to_string()],
+        "the healthy hour still answers"
+    );
     let status = store.status();
     assert_eq!(status.quarantined.len(), 1);
     assert_eq!(status.quarantined[0].path, victim);
-    assert!(status.quarantined[0].moved_to.as_deref().is_some_and(|p| p.contains("_quarantine/requests/")));
+    assert!(
+        status.quarantined[0]
+            .moved_to
+            .as_deref()
+            .is_some_and(|p| p.contains("_quarantine/requests/"))
+    );
     assert!(!std::path::Path::new(&format!("/{victim}")).exists());
     // the manifest no longer lists it, so a restart does not trip over it again
     store.shutdown().await.unwrap();
     let store = Store::open(cfg(dir.path())).await.unwrap();
-    assert_eq!(store.manifests(Table::Requests).iter().map(|m| m.files.len()).sum::<usize>(), 1);
+    assert_eq!(
+        store
+            .manifests(Table::Requests)
+            .iter()
+            .map(|m| m.files.len())
+            .sum::<usize>(),
+        1
+    );
     store.shutdown().await.unwrap();
 }

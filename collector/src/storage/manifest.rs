@@ -40,7 +40,10 @@ pub fn join(root: &Path, rel: &str) -> Path {
 }
 
 pub fn manifest_path(root: &Path, table: Table, hour: i64) -> Path {
-    Path::from(format!("{}/_manifest.json", hour_dir(root, table, hour).as_ref()))
+    Path::from(format!(
+        "{}/_manifest.json",
+        hour_dir(root, table, hour).as_ref()
+    ))
 }
 
 pub fn hours_path(root: &Path, table: Table) -> Path {
@@ -99,7 +102,10 @@ mod tests {
         let ns = 1_764_120_600_000_000_000i64;
         let h = hour_of(ns);
         assert_eq!(h, 1_764_118_800);
-        assert_eq!(hour_dir(&Path::from("data"), Table::Spans, h).as_ref(), "data/spans/dt=2025-11-26/hour=01");
+        assert_eq!(
+            hour_dir(&Path::from("data"), Table::Spans, h).as_ref(),
+            "data/spans/dt=2025-11-26/hour=01"
+        );
         assert_eq!(hour_of(-1), -3600);
     }
 }

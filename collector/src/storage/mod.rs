@@ -216,7 +216,9 @@ struct State {
 
 impl State {
     fn flushed_through(&self, table: Table, hour: i64) -> u64 {
-        self.manifests.get(&(table, hour)).map_or(0, |m| m.flushed_through_segment)
+        self.manifests
+            .get(&(table, hour))
+            .map_or(0, |m| m.flushed_through_segment)
     }
 
     fn insert(&mut self, seq: u64, records: Vec<(Table, i64, RecordBatch)>) {
@@ -248,8 +250,13 @@ impl State {
 }
 
 enum WalMsg {
-    Append { records: Vec<(Table, i64, RecordBatch, Vec<u8>)>, ack: oneshot::Sender<Result<u64, String>> },
-    Rotate { reply: oneshot::Sender<Result<u64, String>> },
+    Append {
+        records: Vec<(Table, i64, RecordBatch, Vec<u8>)>,
+        ack: oneshot::Sender<Result<u64, String>>,
+    },
+    Rotate {
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
 }
 
 struct Inner {
@@ -278,7 +285,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("location", &self.inner.cfg.location).finish()
+        f.debug_struct("Store")
+            .field("location", &self.inner.cfg.location)
+            .finish()
     }
 }
 
@@ -287,7 +296,10 @@ const DELETE_GRACE: Duration = Duration::from_secs(60);
 const FOLLOWER_REFRESH: Duration = Duration::from_millis(250);
 
 fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 /// Resolves a location (local path or URL) into an object store, its URL and the root path.
@@ -350,7 +362,6 @@ impl Store {
         store.load_manifests().await?;
         if store.inner.cfg.read_only {
             store.tail_wal()?;
-            *store.inner.last_refresh.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             return Ok(store);
         }
         let next = store.replay_wal()?;
@@ -361,7 +372,11 @@ impl Store {
             .name("meshscope-wal".into())
             .spawn(move || writer_thread(inner, rx, seg))?;
         *store.inner.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
-        *store.inner.writer_thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        *store
+            .inner
+            .writer_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(handle);
         let bg = store.clone();
         tokio::spawn(async move { bg.background().await });
         Ok(store)
@@ -393,11 +408,18 @@ impl Store {
     }
 
     /// Appends a batch; returns once the rows are durable in the WAL and visible to queries.
-    pub async fn append(&self, table: Table, batch: RecordBatch) -> Result<AppendReceipt, StoreError> {
+    pub async fn append(
+        &self,
+        table: Table,
+        batch: RecordBatch,
+    ) -> Result<AppendReceipt, StoreError> {
         check_batch(table, &batch)?;
         let rows = batch.num_rows();
         if rows == 0 {
-            return Ok(AppendReceipt { rows: 0, segment: 0 });
+            return Ok(AppendReceipt {
+                rows: 0,
+                segment: 0,
+            });
         }
         let tx = self
             .inner
@@ -405,13 +427,23 @@ impl Store {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .ok_or(if self.inner.cfg.read_only { StoreError::ReadOnly } else { StoreError::Closed })?;
+            .ok_or(if self.inner.cfg.read_only {
+                StoreError::ReadOnly
+            } else {
+                StoreError::Closed
+            })?;
         let buffered = self.state_read().buffered_bytes;
         if buffered > self.inner.cfg.max_buffer_bytes {
-            self.inner.stats.rejected_overload.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .stats
+                .rejected_overload
+                .fetch_add(1, Ordering::Relaxed);
             self.kick_flush();
             return Err(StoreError::Overloaded(
-                format!("{buffered} bytes buffered, limit {}", self.inner.cfg.max_buffer_bytes),
+                format!(
+                    "{buffered} bytes buffered, limit {}",
+                    self.inner.cfg.max_buffer_bytes
+                ),
                 Duration::from_secs(1),
             ));
         }
@@ -421,16 +453,33 @@ impl Store {
             records.push((table, hour, part, bytes));
         }
         let (ack, done) = oneshot::channel();
-        match tokio::time::timeout(Duration::from_secs(5), tx.send(WalMsg::Append { records, ack })).await {
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            tx.send(WalMsg::Append { records, ack }),
+        )
+        .await
+        {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(StoreError::Closed),
             Err(_) => {
-                self.inner.stats.rejected_overload.fetch_add(1, Ordering::Relaxed);
-                return Err(StoreError::Overloaded("the WAL writer queue is full".into(), Duration::from_secs(1)));
+                self.inner
+                    .stats
+                    .rejected_overload
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(StoreError::Overloaded(
+                    "the WAL writer queue is full".into(),
+                    Duration::from_secs(1),
+                ));
             }
         }
-        let segment = done.await.map_err(|_| StoreError::Closed)?.map_err(StoreError::Internal)?;
-        self.inner.stats.appended_rows.fetch_add(rows as u64, Ordering::Relaxed);
+        let segment = done
+            .await
+            .map_err(|_| StoreError::Closed)?
+            .map_err(StoreError::Internal)?;
+        self.inner
+            .stats
+            .appended_rows
+            .fetch_add(rows as u64, Ordering::Relaxed);
         Ok(AppendReceipt { rows, segment })
     }
 
@@ -440,7 +489,8 @@ impl Store {
     pub fn snapshot(&self, table: Table, from_ns: Option<i64>, to_ns: Option<i64>) -> Snapshot {
         let lo_hour = from_ns.map(manifest::hour_of);
         let hi_hour = to_ns.map(manifest::hour_of);
-        let in_range = |h: i64| lo_hour.is_none_or(|lo| h >= lo) && hi_hour.is_none_or(|hi| h <= hi);
+        let in_range =
+            |h: i64| lo_hour.is_none_or(|lo| h >= lo) && hi_hour.is_none_or(|hi| h <= hi);
         let st = self.state_read();
         let mut snap = Snapshot::default();
         for (seq, seg) in &st.segments {
@@ -456,7 +506,8 @@ impl Store {
                 continue;
             }
             for f in &m.files {
-                let overlaps = from_ns.is_none_or(|lo| f.max_time >= lo) && to_ns.is_none_or(|hi| f.min_time <= hi);
+                let overlaps = from_ns.is_none_or(|lo| f.max_time >= lo)
+                    && to_ns.is_none_or(|hi| f.min_time <= hi);
                 if overlaps && !st.excluded.contains(&f.path) {
                     snap.files.push(f.clone());
                 }
@@ -469,27 +520,37 @@ impl Store {
     pub fn record_scan(&self, considered: usize, scanned: usize) {
         let s = &self.inner.stats;
         s.scans.fetch_add(1, Ordering::Relaxed);
-        s.files_considered.fetch_add(considered as u64, Ordering::Relaxed);
+        s.files_considered
+            .fetch_add(considered as u64, Ordering::Relaxed);
         s.files_scanned.fetch_add(scanned as u64, Ordering::Relaxed);
     }
 
-    /// A follower re-reads the WAL and changed manifests (at most every 250 ms); a writer
-    /// has nothing to do.
+    /// A follower re-reads what the writer appended to the WAL (every call: it is a local,
+    /// incremental read) and the changed manifests (when a WAL segment vanished, i.e. a flush
+    /// happened, or at most every 250 ms); a writer has nothing to do.
     pub async fn refresh(&self) -> Result<(), StoreError> {
         if !self.inner.cfg.read_only {
             return Ok(());
         }
-        {
-            let mut last = self.inner.last_refresh.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|t| t.elapsed() < FOLLOWER_REFRESH) {
-                return Ok(());
-            }
-            *last = Some(Instant::now());
-        }
         // WAL first, then manifests: a segment deleted before we read it was flushed into a
         // manifest we are about to read, and a duplicate is filtered by flushed_through.
-        self.tail_wal()?;
-        self.load_manifests().await
+        let flushed = self.tail_wal()?;
+        let due = {
+            let mut last = self
+                .inner
+                .last_refresh
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let due = flushed || last.is_none_or(|t| t.elapsed() >= FOLLOWER_REFRESH);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            self.load_manifests().await?;
+        }
+        Ok(())
     }
 
     /// Checks that each file's Parquet footer opens (once per process); a file that does not
@@ -498,15 +559,28 @@ impl Store {
     pub async fn verify_files(&self, table: Table, files: Vec<FileEntry>) -> Vec<FileEntry> {
         let mut ok = Vec::with_capacity(files.len());
         for f in files {
-            if self.inner.verified.lock().unwrap_or_else(|e| e.into_inner()).contains(&f.path) {
+            if self
+                .inner
+                .verified
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&f.path)
+            {
                 ok.push(f);
                 continue;
             }
-            let reader = parquet::arrow::async_reader::ParquetObjectReader::new(self.inner.objects.clone(), Path::from(f.path.as_str()))
-                .with_file_size(f.bytes);
+            let reader = parquet::arrow::async_reader::ParquetObjectReader::new(
+                self.inner.objects.clone(),
+                Path::from(f.path.as_str()),
+            )
+            .with_file_size(f.bytes);
             match parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader).await {
                 Ok(_) => {
-                    self.inner.verified.lock().unwrap_or_else(|e| e.into_inner()).insert(f.path.clone());
+                    self.inner
+                        .verified
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(f.path.clone());
                     ok.push(f);
                 }
                 Err(e) => self.quarantine(table, &f, e.to_string()).await,
@@ -522,26 +596,47 @@ impl Store {
         if !self.inner.cfg.read_only {
             let _g = self.inner.flush_lock.lock().await;
             let name = f.path.rsplit('/').next().unwrap_or("file.parquet");
-            let dest = manifest::join(&self.inner.root, &format!("_quarantine/{}/{}", table.name(), name));
+            let dest = manifest::join(
+                &self.inner.root,
+                &format!("_quarantine/{}/{}", table.name(), name),
+            );
             let from = Path::from(f.path.as_str());
             if self.inner.objects.rename(&from, &dest).await.is_ok() {
                 moved_to = Some(dest.to_string());
             }
-            let hour = self.state_read().manifests.iter().find(|(_, m)| m.files.iter().any(|x| x.path == f.path)).map(|(k, _)| k.1);
+            let hour = self
+                .state_read()
+                .manifests
+                .iter()
+                .find(|(_, m)| m.files.iter().any(|x| x.path == f.path))
+                .map(|(k, _)| k.1);
             if let Some(hour) = hour {
-                let mut m = self.state_read().manifests.get(&(table, hour)).cloned().unwrap_or_default();
+                let mut m = self
+                    .state_read()
+                    .manifests
+                    .get(&(table, hour))
+                    .cloned()
+                    .unwrap_or_default();
                 m.files.retain(|x| x.path != f.path);
                 if let Err(e) = self.write_manifest(table, m).await {
                     warn!(error = %e, "could not rewrite the manifest after quarantine");
                 }
             }
         }
-        let at_unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let at_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         self.inner
             .quarantine
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(Quarantined { path: f.path.clone(), moved_to, reason, at_unix });
+            .push(Quarantined {
+                path: f.path.clone(),
+                moved_to,
+                reason,
+                at_unix,
+            });
     }
 
     pub fn status(&self) -> StoreStatus {
@@ -549,13 +644,21 @@ impl Store {
         let tables = Table::ALL
             .into_iter()
             .map(|t| {
-                let ms: Vec<&HourManifest> = st.manifests.range((t, i64::MIN)..=(t, i64::MAX)).map(|(_, m)| m).collect();
+                let ms: Vec<&HourManifest> = st
+                    .manifests
+                    .range((t, i64::MIN)..=(t, i64::MAX))
+                    .map(|(_, m)| m)
+                    .collect();
                 TableStatus {
                     table: t.name(),
                     buffered_rows: st.buffered_rows(t),
                     files: ms.iter().map(|m| m.files.len()).sum(),
                     rows_on_disk: ms.iter().map(|m| m.rows()).sum(),
-                    bytes_on_disk: ms.iter().flat_map(|m| m.files.iter()).map(|f| f.bytes).sum(),
+                    bytes_on_disk: ms
+                        .iter()
+                        .flat_map(|m| m.files.iter())
+                        .map(|f| f.bytes)
+                        .sum(),
                     hours: ms.len(),
                 }
             })
@@ -570,7 +673,12 @@ impl Store {
             buffered_bytes: st.buffered_bytes,
             wal_segments: st.segments.len(),
             tables,
-            quarantined: self.inner.quarantine.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            quarantined: self
+                .inner
+                .quarantine
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             appended_rows: l(&s.appended_rows),
             wal_commits: l(&s.wal_commits),
             flushes: l(&s.flushes),
@@ -586,7 +694,11 @@ impl Store {
 
     /// The hour manifests of a table (for tests and tools).
     pub fn manifests(&self, table: Table) -> Vec<HourManifest> {
-        self.state_read().manifests.range((table, i64::MIN)..=(table, i64::MAX)).map(|(_, m)| m.clone()).collect()
+        self.state_read()
+            .manifests
+            .range((table, i64::MIN)..=(table, i64::MAX))
+            .map(|(_, m)| m.clone())
+            .collect()
     }
 
     // ---- WAL replay and following ----
@@ -620,13 +732,18 @@ impl Store {
             }
         }
         if replayed > 0 {
-            info!(rows = replayed, segments = segs.len(), "replayed the write-ahead log");
+            info!(
+                rows = replayed,
+                segments = segs.len(),
+                "replayed the write-ahead log"
+            );
         }
         Ok(segs.last().map_or(1, |s| s + 1))
     }
 
     /// Follower: reads what the writer appended since last time; forgets deleted segments.
-    fn tail_wal(&self) -> Result<(), StoreError> {
+    /// Returns whether any segment vanished (the writer flushed).
+    fn tail_wal(&self) -> Result<bool, StoreError> {
         let dir = self.inner.cfg.wal_dir.clone();
         let segs = match wal::list_segments(&dir) {
             Ok(s) => s,
@@ -634,9 +751,16 @@ impl Store {
             Err(e) => return Err(e.into()),
         };
         let present: BTreeSet<u64> = segs.iter().copied().collect();
+        let flushed;
         {
             let mut st = self.state_write();
-            let gone: Vec<u64> = st.segments.keys().filter(|s| !present.contains(s)).copied().collect();
+            let gone: Vec<u64> = st
+                .segments
+                .keys()
+                .filter(|s| !present.contains(s))
+                .copied()
+                .collect();
+            flushed = !gone.is_empty();
             for g in gone {
                 if let Some(s) = st.segments.remove(&g) {
                     st.buffered_bytes -= s.bytes;
@@ -644,24 +768,37 @@ impl Store {
             }
         }
         for seq in segs {
-            let offset = self.state_read().segments.get(&seq).map_or(0, |s| s.read_offset);
+            let offset = self
+                .state_read()
+                .segments
+                .get(&seq)
+                .map_or(0, |s| s.read_offset);
             let read = match wal::read_segment(&wal::segment_path(&dir, seq), offset) {
                 Ok(r) => r,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e.into()),
             };
             let mut st = self.state_write();
-            st.insert(seq, read.records.into_iter().map(|r| (r.table, r.hour, r.batch)).collect());
+            st.insert(
+                seq,
+                read.records
+                    .into_iter()
+                    .map(|r| (r.table, r.hour, r.batch))
+                    .collect(),
+            );
             if let Some(s) = st.segments.get_mut(&seq) {
                 s.read_offset = read.good_len;
             }
         }
-        Ok(())
+        Ok(flushed)
     }
 
     // ---- manifests ----
 
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &Path) -> Result<Option<T>, StoreError> {
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &Path,
+    ) -> Result<Option<T>, StoreError> {
         match self.inner.objects.get(path).await {
             Ok(r) => Ok(Some(serde_json::from_slice(&r.bytes().await?)?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -672,13 +809,24 @@ impl Store {
     /// Loads every table's hours index and the manifests whose version changed.
     async fn load_manifests(&self) -> Result<(), StoreError> {
         for table in Table::ALL {
-            let index: HoursIndex = self.get_json(&hours_path(&self.inner.root, table)).await?.unwrap_or_default();
-            let known = self.state_read().versions.get(&table).cloned().unwrap_or_default();
+            let index: HoursIndex = self
+                .get_json(&hours_path(&self.inner.root, table))
+                .await?
+                .unwrap_or_default();
+            let known = self
+                .state_read()
+                .versions
+                .get(&table)
+                .cloned()
+                .unwrap_or_default();
             for (&hour, &version) in &index.hours {
                 if known.get(&hour) == Some(&version) {
                     continue;
                 }
-                if let Some(m) = self.get_json::<HourManifest>(&manifest_path(&self.inner.root, table, hour)).await? {
+                if let Some(m) = self
+                    .get_json::<HourManifest>(&manifest_path(&self.inner.root, table, hour))
+                    .await?
+                {
                     self.state_write().manifests.insert((table, hour), m);
                 }
             }
@@ -696,17 +844,30 @@ impl Store {
     async fn write_manifest(&self, table: Table, m: HourManifest) -> Result<(), StoreError> {
         let hour = m.hour;
         let mpath = manifest_path(&self.inner.root, table, hour);
-        let mut versions = self.state_read().versions.get(&table).cloned().unwrap_or_default();
+        let mut versions = self
+            .state_read()
+            .versions
+            .get(&table)
+            .cloned()
+            .unwrap_or_default();
         if m.files.is_empty() {
             versions.remove(&hour);
         } else {
-            self.inner.objects.put(&mpath, PutPayload::from(serde_json::to_vec_pretty(&m)?)).await?;
+            self.inner
+                .objects
+                .put(&mpath, PutPayload::from(serde_json::to_vec_pretty(&m)?))
+                .await?;
             *versions.entry(hour).or_insert(0) += 1;
         }
-        let index = HoursIndex { hours: versions.clone() };
+        let index = HoursIndex {
+            hours: versions.clone(),
+        };
         self.inner
             .objects
-            .put(&hours_path(&self.inner.root, table), PutPayload::from(serde_json::to_vec(&index)?))
+            .put(
+                &hours_path(&self.inner.root, table),
+                PutPayload::from(serde_json::to_vec(&index)?),
+            )
             .await?;
         if m.files.is_empty() {
             let _ = self.inner.objects.delete(&mpath).await;
@@ -733,10 +894,20 @@ impl Store {
     }
 
     async fn rotate(&self) -> Result<u64, StoreError> {
-        let tx = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or(StoreError::Closed)?;
+        let tx = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StoreError::Closed)?;
         let (reply, rx) = oneshot::channel();
-        tx.send(WalMsg::Rotate { reply }).await.map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?.map_err(StoreError::Internal)
+        tx.send(WalMsg::Rotate { reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await
+            .map_err(|_| StoreError::Closed)?
+            .map_err(StoreError::Internal)
     }
 
     /// Writes everything buffered to Parquet. Returns the number of rows flushed.
@@ -745,7 +916,12 @@ impl Store {
             return Err(StoreError::ReadOnly);
         }
         let _g = self.inner.flush_lock.lock().await;
-        if self.state_read().segments.values().all(|s| s.records.is_empty()) {
+        if self
+            .state_read()
+            .segments
+            .values()
+            .all(|s| s.records.is_empty())
+        {
             return Ok(0);
         }
         let closed = self.rotate().await?;
@@ -764,11 +940,16 @@ impl Store {
         let mut rows = 0;
         for ((table, hour), batches) in groups {
             let (entry, n) = self.write_segment(table, hour, batches, 0).await?;
-            let mut m = self.state_read().manifests.get(&(table, hour)).cloned().unwrap_or_else(|| HourManifest {
-                table: table.name().to_string(),
-                hour,
-                ..Default::default()
-            });
+            let mut m = self
+                .state_read()
+                .manifests
+                .get(&(table, hour))
+                .cloned()
+                .unwrap_or_else(|| HourManifest {
+                    table: table.name().to_string(),
+                    hour,
+                    ..Default::default()
+                });
             m.files.push(entry);
             m.flushed_through_segment = closed;
             self.write_manifest(table, m).await?;
@@ -781,7 +962,11 @@ impl Store {
             }
         }
         self.inner.stats.flushes.fetch_add(1, Ordering::Relaxed);
-        debug!(rows, through_segment = closed, "flushed the buffer to Parquet");
+        debug!(
+            rows,
+            through_segment = closed,
+            "flushed the buffer to Parquet"
+        );
         Ok(rows)
     }
 
@@ -806,11 +991,20 @@ impl Store {
         let final_path = Path::from(format!("{}/{}.parquet", dir.as_ref(), id));
         let tmp_path = Path::from(format!("{}/.{}.parquet.tmp", dir.as_ref(), id));
         let size = bytes.len() as u64;
-        self.inner.objects.put(&tmp_path, PutPayload::from(bytes)).await?;
+        self.inner
+            .objects
+            .put(&tmp_path, PutPayload::from(bytes))
+            .await?;
         self.inner.objects.rename(&tmp_path, &final_path).await?;
-        self.inner.stats.files_written.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .stats
+            .files_written
+            .fetch_add(1, Ordering::Relaxed);
         let n = sorted.num_rows();
-        Ok((segment::file_entry(table, &sorted, final_path.to_string(), size, level), n))
+        Ok((
+            segment::file_entry(table, &sorted, final_path.to_string(), size, level),
+            n,
+        ))
     }
 
     // ---- compaction and retention ----
@@ -822,9 +1016,18 @@ impl Store {
             return Err(StoreError::ReadOnly);
         }
         let _g = self.inner.flush_lock.lock().await;
-        let min = if force { 2 } else { self.inner.cfg.compaction_min_files.max(2) };
-        let candidates: Vec<HourManifest> =
-            self.state_read().manifests.values().filter(|m| m.files.len() >= min).cloned().collect();
+        let min = if force {
+            2
+        } else {
+            self.inner.cfg.compaction_min_files.max(2)
+        };
+        let candidates: Vec<HourManifest> = self
+            .state_read()
+            .manifests
+            .values()
+            .filter(|m| m.files.len() >= min)
+            .cloned()
+            .collect();
         let mut done = 0;
         for m in candidates {
             let table = Table::from_name(&m.table)?;
@@ -832,7 +1035,9 @@ impl Store {
             let mut inputs = Vec::new();
             for f in &m.files {
                 let path = Path::from(f.path.as_str());
-                let read = async { segment::decode_parquet(self.inner.objects.get(&path).await?.bytes().await?) };
+                let read = async {
+                    segment::decode_parquet(self.inner.objects.get(&path).await?.bytes().await?)
+                };
                 match read.await {
                     Ok(b) => {
                         batches.extend(b);
@@ -848,8 +1053,15 @@ impl Store {
             }
             let level = inputs.iter().map(|f| f.level).max().unwrap_or(0) + 1;
             let (entry, _) = self.write_segment(table, m.hour, batches, level).await?;
-            let mut updated = self.state_read().manifests.get(&(table, m.hour)).cloned().unwrap_or(m.clone());
-            updated.files.retain(|f| !inputs.iter().any(|i| i.path == f.path));
+            let mut updated = self
+                .state_read()
+                .manifests
+                .get(&(table, m.hour))
+                .cloned()
+                .unwrap_or(m.clone());
+            updated
+                .files
+                .retain(|f| !inputs.iter().any(|i| i.path == f.path));
             updated.files.push(entry);
             self.write_manifest(table, updated).await?;
             let at = Instant::now();
@@ -871,28 +1083,60 @@ impl Store {
             return Err(StoreError::ReadOnly);
         }
         let _g = self.inner.flush_lock.lock().await;
-        let cutoff_s = (now_unix_ns - self.inner.cfg.retention.as_nanos() as i64).div_euclid(1_000_000_000);
-        let expired: Vec<HourManifest> =
-            self.state_read().manifests.values().filter(|m| m.hour + 3600 <= cutoff_s).cloned().collect();
+        let cutoff_s =
+            (now_unix_ns - self.inner.cfg.retention.as_nanos() as i64).div_euclid(1_000_000_000);
+        let expired: Vec<HourManifest> = self
+            .state_read()
+            .manifests
+            .values()
+            .filter(|m| m.hour + 3600 <= cutoff_s)
+            .cloned()
+            .collect();
         for m in &expired {
             let table = Table::from_name(&m.table)?;
             for f in &m.files {
-                match self.inner.objects.delete(&Path::from(f.path.as_str())).await {
+                match self
+                    .inner
+                    .objects
+                    .delete(&Path::from(f.path.as_str()))
+                    .await
+                {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                     Err(e) => return Err(e.into()),
                 }
             }
-            self.write_manifest(table, HourManifest { files: vec![], ..m.clone() }).await?;
-            info!(table = table.name(), hour = m.hour, files = m.files.len(), "retention removed an hour partition");
-            self.inner.stats.hours_expired.fetch_add(1, Ordering::Relaxed);
+            self.write_manifest(
+                table,
+                HourManifest {
+                    files: vec![],
+                    ..m.clone()
+                },
+            )
+            .await?;
+            info!(
+                table = table.name(),
+                hour = m.hour,
+                files = m.files.len(),
+                "retention removed an hour partition"
+            );
+            self.inner
+                .stats
+                .hours_expired
+                .fetch_add(1, Ordering::Relaxed);
         }
         Ok(expired.len())
     }
 
     async fn delete_pending(&self, all: bool) {
         let due: Vec<Path> = {
-            let mut p = self.inner.pending_deletes.lock().unwrap_or_else(|e| e.into_inner());
-            let (due, keep): (Vec<_>, Vec<_>) = p.drain(..).partition(|(at, _)| all || at.elapsed() >= DELETE_GRACE);
+            let mut p = self
+                .inner
+                .pending_deletes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let (due, keep): (Vec<_>, Vec<_>) = p
+                .drain(..)
+                .partition(|(at, _)| all || at.elapsed() >= DELETE_GRACE);
             *p = keep;
             due.into_iter().map(|(_, path)| path).collect()
         };
@@ -908,12 +1152,23 @@ impl Store {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tick.tick().await;
-            if self.inner.writer.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+            if self
+                .inner
+                .writer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_none()
+            {
                 return;
             }
             let due = {
                 let st = self.state_read();
-                let rows: usize = st.segments.values().flat_map(|s| s.records.iter()).map(|r| r.2.num_rows()).sum();
+                let rows: usize = st
+                    .segments
+                    .values()
+                    .flat_map(|s| s.records.iter())
+                    .map(|r| r.2.num_rows())
+                    .sum();
                 let oldest = st.segments.values().filter_map(|s| s.first_at).min();
                 rows >= self.inner.cfg.flush_rows
                     || st.buffered_bytes >= self.inner.cfg.flush_bytes
@@ -949,13 +1204,27 @@ impl Store {
     /// Stops the WAL writer and releases the WAL lock without flushing, as a crash would
     /// leave things (what is acknowledged is in the WAL). Used by `shutdown` and by tests.
     pub async fn halt(&self) {
-        let tx = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let tx = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         drop(tx);
-        let handle = self.inner.writer_thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let handle = self
+            .inner
+            .writer_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
-        self.inner.lock_file.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.inner
+            .lock_file
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 }
 
@@ -968,7 +1237,9 @@ fn rand_u32() -> u32 {
 
 /// The WAL writer: group-commits appends, rotates segments on request.
 fn writer_thread(inner: Arc<Inner>, mut rx: mpsc::Receiver<WalMsg>, mut seg: wal::SegmentWriter) {
-    let store = Store { inner: inner.clone() };
+    let store = Store {
+        inner: inner.clone(),
+    };
     let linger = inner.cfg.group_commit.min(Duration::from_millis(100));
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
@@ -981,7 +1252,10 @@ fn writer_thread(inner: Arc<Inner>, mut rx: mpsc::Receiver<WalMsg>, mut seg: wal
                 break;
             }
         }
-        let mut pending: Vec<(Vec<(Table, i64, RecordBatch)>, oneshot::Sender<Result<u64, String>>)> = Vec::new();
+        let mut pending: Vec<(
+            Vec<(Table, i64, RecordBatch)>,
+            oneshot::Sender<Result<u64, String>>,
+        )> = Vec::new();
         let mut buf = Vec::new();
         for msg in group {
             match msg {
@@ -1010,7 +1284,10 @@ fn writer_thread(inner: Arc<Inner>, mut rx: mpsc::Receiver<WalMsg>, mut seg: wal
     }
 }
 
-type Pending = Vec<(Vec<(Table, i64, RecordBatch)>, oneshot::Sender<Result<u64, String>>)>;
+type Pending = Vec<(
+    Vec<(Table, i64, RecordBatch)>,
+    oneshot::Sender<Result<u64, String>>,
+)>;
 
 /// One group commit: write, fsync (per policy), make visible, acknowledge.
 fn commit(store: &Store, seg: &mut wal::SegmentWriter, buf: &mut Vec<u8>, pending: &mut Pending) {
@@ -1022,8 +1299,16 @@ fn commit(store: &Store, seg: &mut wal::SegmentWriter, buf: &mut Vec<u8>, pendin
         FsyncPolicy::Always => seg.sync(),
         FsyncPolicy::Never => Ok(()),
     });
-    store.inner.stats.wal_commits.fetch_add(1, Ordering::Relaxed);
-    store.inner.stats.wal_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+    store
+        .inner
+        .stats
+        .wal_commits
+        .fetch_add(1, Ordering::Relaxed);
+    store
+        .inner
+        .stats
+        .wal_bytes
+        .fetch_add(buf.len() as u64, Ordering::Relaxed);
     buf.clear();
     match res {
         Ok(()) => {

@@ -2,7 +2,9 @@
 //! and how a segment is read back (compaction).
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::compute::{SortColumn, SortOptions, concat_batches, lexsort_to_indices, take_record_batch};
+use arrow::compute::{
+    SortColumn, SortOptions, concat_batches, lexsort_to_indices, take_record_batch,
+};
 use arrow::datatypes::TimestampNanosecondType;
 use bytes::Bytes;
 use meshscope_schemas::{Table, TraceId};
@@ -28,8 +30,17 @@ pub fn sort_for_segment(table: Table, batches: &[RecordBatch]) -> Result<RecordB
         return Ok(batch);
     }
     let key = |name: &str| -> Result<SortColumn, StoreError> {
-        let values = batch.column_by_name(name).ok_or_else(|| StoreError::Internal(format!("no column {name}")))?.clone();
-        Ok(SortColumn { values, options: Some(SortOptions { descending: false, nulls_first: false }) })
+        let values = batch
+            .column_by_name(name)
+            .ok_or_else(|| StoreError::Internal(format!("no column {name}")))?
+            .clone();
+        Ok(SortColumn {
+            values,
+            options: Some(SortOptions {
+                descending: false,
+                nulls_first: false,
+            }),
+        })
     };
     let mut keys = vec![key(table.sort_column())?];
     if table.sort_column() != table.time_column() {
@@ -47,7 +58,11 @@ pub fn writer_properties(table: Table, rows: usize) -> WriterProperties {
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_data_page_row_count_limit(PAGE_ROWS)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .set_sorting_columns(Some(vec![SortingColumn { column_idx: sort_idx, descending: false, nulls_first: false }]));
+        .set_sorting_columns(Some(vec![SortingColumn {
+            column_idx: sort_idx,
+            descending: false,
+            nulls_first: false,
+        }]));
     for col in table.bloom_filter_columns() {
         let path = ColumnPath::from(*col);
         b = b
@@ -61,7 +76,11 @@ pub fn writer_properties(table: Table, rows: usize) -> WriterProperties {
 /// Encodes a sorted batch as one Parquet file.
 pub fn encode_parquet(table: Table, batch: &RecordBatch) -> Result<Vec<u8>, StoreError> {
     let mut out = Vec::with_capacity(batch.get_array_memory_size() / 4);
-    let mut w = ArrowWriter::try_new(&mut out, table.schema(), Some(writer_properties(table, batch.num_rows())))?;
+    let mut w = ArrowWriter::try_new(
+        &mut out,
+        table.schema(),
+        Some(writer_properties(table, batch.num_rows())),
+    )?;
     w.write(batch)?;
     w.close()?;
     Ok(out)
@@ -69,7 +88,9 @@ pub fn encode_parquet(table: Table, batch: &RecordBatch) -> Result<Vec<u8>, Stor
 
 /// Reads a whole Parquet file back into batches.
 pub fn decode_parquet(bytes: Bytes) -> Result<Vec<RecordBatch>, StoreError> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.with_batch_size(64 * 1024).build()?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?
+        .with_batch_size(64 * 1024)
+        .build()?;
     let mut out = Vec::new();
     for b in reader {
         out.push(b?);
@@ -78,9 +99,18 @@ pub fn decode_parquet(bytes: Bytes) -> Result<Vec<RecordBatch>, StoreError> {
 }
 
 /// The manifest entry for a sorted batch written at `path`.
-pub fn file_entry(table: Table, batch: &RecordBatch, path: String, bytes: u64, level: u32) -> FileEntry {
+pub fn file_entry(
+    table: Table,
+    batch: &RecordBatch,
+    path: String,
+    bytes: u64,
+    level: u32,
+) -> FileEntry {
     let (min_time, max_time) = time_range(table, batch);
-    let (min_trace_id, max_trace_id) = match table.trace_id_column().and_then(|c| batch.column_by_name(c)) {
+    let (min_trace_id, max_trace_id) = match table
+        .trace_id_column()
+        .and_then(|c| batch.column_by_name(c))
+    {
         Some(col) => {
             let ids = col.as_fixed_size_binary();
             let mut lo: Option<&[u8]> = None;
@@ -92,16 +122,30 @@ pub fn file_entry(table: Table, batch: &RecordBatch, path: String, bytes: u64, l
                     hi = Some(hi.map_or(v, |h| h.max(v)));
                 }
             }
-            let hex = |v: Option<&[u8]>| v.and_then(|b| TraceId::from_hex(&hex_of(b)).ok()).map(|t| t.to_hex());
+            let hex = |v: Option<&[u8]>| {
+                v.and_then(|b| TraceId::from_hex(&hex_of(b)).ok())
+                    .map(|t| t.to_hex())
+            };
             (hex(lo), hex(hi))
         }
         None => (None, None),
     };
-    FileEntry { path, rows: batch.num_rows() as u64, bytes, min_time, max_time, min_trace_id, max_trace_id, level }
+    FileEntry {
+        path,
+        rows: batch.num_rows() as u64,
+        bytes,
+        min_time,
+        max_time,
+        min_trace_id,
+        max_trace_id,
+        level,
+    }
 }
 
 pub fn time_range(table: Table, batch: &RecordBatch) -> (i64, i64) {
-    let Some(col) = batch.column_by_name(table.time_column()) else { return (0, 0) };
+    let Some(col) = batch.column_by_name(table.time_column()) else {
+        return (0, 0);
+    };
     let ts = col.as_primitive::<TimestampNanosecondType>();
     let min = arrow::compute::min(ts).unwrap_or(0);
     let max = arrow::compute::max(ts).unwrap_or(0);
@@ -109,7 +153,10 @@ pub fn time_range(table: Table, batch: &RecordBatch) -> (i64, i64) {
 }
 
 /// Splits a batch into one batch per hour of its time column, in hour order.
-pub fn split_by_hour(table: Table, batch: &RecordBatch) -> Result<Vec<(i64, RecordBatch)>, StoreError> {
+pub fn split_by_hour(
+    table: Table,
+    batch: &RecordBatch,
+) -> Result<Vec<(i64, RecordBatch)>, StoreError> {
     use super::manifest::hour_of;
     let Some(col) = batch.column_by_name(table.time_column()) else {
         return Err(StoreError::Internal("time column missing".into()));
@@ -128,7 +175,8 @@ pub fn split_by_hour(table: Table, batch: &RecordBatch) -> Result<Vec<(i64, Reco
     distinct.dedup();
     let mut out = Vec::with_capacity(distinct.len());
     for h in distinct {
-        let mask = arrow::array::BooleanArray::from(hours.iter().map(|&x| x == h).collect::<Vec<_>>());
+        let mask =
+            arrow::array::BooleanArray::from(hours.iter().map(|&x| x == h).collect::<Vec<_>>());
         out.push((h, arrow::compute::filter_record_batch(batch, &mask)?));
     }
     Ok(out)

@@ -20,7 +20,8 @@ fn cfg(dir: &std::path::Path) -> StoreConfig {
 }
 
 fn rows(snap: &Snapshot) -> usize {
-    snap.batches.iter().map(|b| b.num_rows()).sum::<usize>() + snap.files.iter().map(|f| f.rows as usize).sum::<usize>()
+    snap.batches.iter().map(|b| b.num_rows()).sum::<usize>()
+        + snap.files.iter().map(|f| f.rows as usize).sum::<usize>()
 }
 
 #[tokio::test]
@@ -29,7 +30,12 @@ async fn append_flush_replay_and_torn_tail() {
     let t0 = 1_764_118_800_000_000_000i64; // an hour boundary
     {
         let store = Store::open(cfg(dir.path())).await.unwrap();
-        let b = stat_samples_batch(&(0..10).map(|i| sample(i, t0 + i as i64)).collect::<Vec<_>>()).unwrap();
+        let b = stat_samples_batch(
+            &(0..10)
+                .map(|i| sample(i, t0 + i as i64))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
         store.append(Table::StatSamples, b).await.unwrap();
         assert_eq!(rows(&store.snapshot(Table::StatSamples, None, None)), 10);
         assert_eq!(store.flush().await.unwrap(), 10);
@@ -50,10 +56,16 @@ async fn append_flush_replay_and_torn_tail() {
     bytes.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef, 1, 2, 3]);
     std::fs::write(&path, &bytes).unwrap();
     let store = Store::open(cfg(dir.path())).await.unwrap();
-    assert!(matches!(Store::open(cfg(dir.path())).await, Err(StoreError::Locked(_))));
+    assert!(matches!(
+        Store::open(cfg(dir.path())).await,
+        Err(StoreError::Locked(_))
+    ));
     assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, good);
     assert_eq!(rows(&store.snapshot(Table::StatSamples, None, None)), 12);
-    assert_eq!(rows(&store.snapshot(Table::StatSamples, Some(t0 + HOUR), None)), 1);
+    assert_eq!(
+        rows(&store.snapshot(Table::StatSamples, Some(t0 + HOUR), None)),
+        1
+    );
 }
 
 const HOUR: i64 = manifest::HOUR_NS;

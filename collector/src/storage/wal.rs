@@ -65,8 +65,13 @@ pub fn encode_record(table: Table, hour: i64, batch: &RecordBatch) -> Result<Vec
 }
 
 fn decode_payload(payload: &[u8]) -> Result<WalRecord, String> {
-    let table = Table::from_tag(payload[0]).ok_or_else(|| format!("unknown table tag {}", payload[0]))?;
-    let hour = i64::from_le_bytes(payload[1..9].try_into().map_err(|_| "short header".to_string())?);
+    let table =
+        Table::from_tag(payload[0]).ok_or_else(|| format!("unknown table tag {}", payload[0]))?;
+    let hour = i64::from_le_bytes(
+        payload[1..9]
+            .try_into()
+            .map_err(|_| "short header".to_string())?,
+    );
     let mut reader = StreamReader::try_new(&payload[9..], None).map_err(|e| e.to_string())?;
     let batch = reader
         .next()
@@ -95,13 +100,19 @@ pub fn read_segment(path: &Path, from: u64) -> io::Result<SegmentRead> {
     let mut torn = None;
     while pos < data.len() {
         if data.len() - pos < HEADER {
-            torn = Some(format!("{} trailing bytes are shorter than a record header", data.len() - pos));
+            torn = Some(format!(
+                "{} trailing bytes are shorter than a record header",
+                data.len() - pos
+            ));
             break;
         }
         let len = u32::from_le_bytes(data[pos..pos + 4].try_into().unwrap_or_default()) as usize;
         let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().unwrap_or_default());
         if len < 10 || len > MAX_RECORD || data.len() - pos - HEADER < len {
-            torn = Some(format!("record at byte {pos} claims {len} bytes, {} remain", data.len() - pos - HEADER));
+            torn = Some(format!(
+                "record at byte {pos} claims {len} bytes, {} remain",
+                data.len() - pos - HEADER
+            ));
             break;
         }
         let payload = &data[pos + HEADER..pos + HEADER + len];
@@ -118,7 +129,11 @@ pub fn read_segment(path: &Path, from: u64) -> io::Result<SegmentRead> {
         }
         pos += HEADER + len;
     }
-    Ok(SegmentRead { records, good_len: pos as u64, torn })
+    Ok(SegmentRead {
+        records,
+        good_len: pos as u64,
+        torn,
+    })
 }
 
 /// Cuts a segment back to its last good record.

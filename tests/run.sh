@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs meshscope's whole test suite on a fresh Debian machine: installs what the tests need,
+# builds the binary, runs unit and integration tests. `.ci/run` calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need() { command -v "$1" >/dev/null 2>&1; }
+
+# Rust toolchain: the machine's rustup toolchain; fail loudly if it is missing.
+need cargo || { echo "cargo is required (install Rust with rustup)" >&2; exit 1; }
+# `kill` (procps) is used by the process tests to send SIGTERM/SIGKILL.
+if ! need kill; then
+  if need apt-get; then apt-get update -qq && apt-get install -y -qq procps; else echo "kill(1) is required" >&2; exit 1; fi
+fi
+
+echo "== format"
+cargo fmt --all -- --check
+
+echo "== build"
+# --all-targets builds the meshscope binary with the same features `cargo test --workspace` uses
+cargo build --workspace --all-targets
+
+
+echo "== tests"
+export MESHSCOPE_BIN="$PWD/target/debug/meshscope"
+cargo test --workspace -- --test-threads 2
