@@ -202,26 +202,36 @@ pub fn span(i: u64, t_ns: i64) -> SpanRow {
     SpanRow {
         trace_id: TraceId(trace),
         span_id,
-        parent_span_id: (i % 4 != 0).then(|| SpanId((i - i % 4 + 1).to_be_bytes())),
-        trace_state: (i % 7 == 0).then(|| "vendor=x".to_string()),
+        parent_span_id: (!i.is_multiple_of(4)).then(|| SpanId((i - i % 4 + 1).to_be_bytes())),
+        trace_state: (i.is_multiple_of(7)).then(|| "vendor=x".to_string()),
         start_time_unix_nano: t_ns + i as i64 * 1000,
         duration_ns: 1_000_000 + i as i64,
         service_name: ["productpage.default", "reviews.default", "ratings.default"]
             [(i % 3) as usize]
             .into(),
         name: "reviews.default.svc.cluster.local:9080/*".into(),
-        kind: if i % 2 == 0 { "server" } else { "client" }.into(),
-        status_code: if i % 10 == 0 { "error" } else { "unset" }.into(),
-        status_message: (i % 10 == 0).then(|| "upstream overflow".to_string()),
+        kind: if i.is_multiple_of(2) {
+            "server"
+        } else {
+            "client"
+        }
+        .into(),
+        status_code: if i.is_multiple_of(10) {
+            "error"
+        } else {
+            "unset"
+        }
+        .into(),
+        status_message: (i.is_multiple_of(10)).then(|| "upstream overflow".to_string()),
         request_id: Some(format!("req-{:08}", i / 4)),
         http_method: Some("GET".into()),
-        http_status_code: Some(if i % 10 == 0 { 503 } else { 200 }),
+        http_status_code: Some(if i.is_multiple_of(10) { 503 } else { 200 }),
         http_url: Some(format!("http://reviews:9080/reviews/{i}")),
         http_protocol: Some("HTTP/1.1".into()),
         user_agent: Some("fortio.org/fortio-1.69".into()),
         upstream_cluster: Some("outbound|9080|v1|reviews.default.svc.cluster.local".into()),
         upstream_address: Some("127.0.10.5:9080".into()),
-        response_flags: (i % 10 == 0).then(|| "UO".to_string()),
+        response_flags: (i.is_multiple_of(10)).then(|| "UO".to_string()),
         peer_address: Some("127.0.10.2".into()),
         downstream_cluster: None,
         node_id: Some(
@@ -238,7 +248,7 @@ pub fn span(i: u64, t_ns: i64) -> SpanRow {
             ("request_size".into(), (i * 3).to_string()),
         ],
         resource_attributes: vec![("host.name".into(), format!("pod-{}", i % 5))],
-        events: if i % 5 == 0 {
+        events: if i.is_multiple_of(5) {
             vec![SpanEvent {
                 time_unix_nano: t_ns + 5,
                 name: "retry".into(),
@@ -247,7 +257,7 @@ pub fn span(i: u64, t_ns: i64) -> SpanRow {
         } else {
             vec![]
         },
-        links: if i % 6 == 0 {
+        links: if i.is_multiple_of(6) {
             vec![SpanLink {
                 trace_id: TraceId([9; 16]),
                 span_id: SpanId([8; 8]),
@@ -267,15 +277,15 @@ pub fn request(i: u64, t_ns: i64, request_id: &str) -> RequestRow {
         method: Some("GET".into()),
         path: Some(format!("/ratings/{i}")),
         protocol: Some("HTTP/1.1".into()),
-        response_code: if i % 3 == 0 { 503 } else { 200 },
-        response_flags: (i % 3 == 0).then(|| "UO".to_string()),
+        response_code: if i.is_multiple_of(3) { 503 } else { 200 },
+        response_flags: (i.is_multiple_of(3)).then(|| "UO".to_string()),
         response_code_details: Some("via_upstream".into()),
         connection_termination_details: None,
         upstream_transport_failure_reason: None,
         bytes_received: 0,
         bytes_sent: 100 + i as i64,
         duration_ms: (i % 50) as i64,
-        upstream_service_time_ms: (i % 3 != 0).then_some((i % 40) as i64),
+        upstream_service_time_ms: (!i.is_multiple_of(3)).then_some((i % 40) as i64),
         x_forwarded_for: None,
         user_agent: Some("fortio.org/fortio-1.69".into()),
         request_id: Some(request_id.to_string()),
@@ -303,7 +313,7 @@ pub fn request(i: u64, t_ns: i64, request_id: &str) -> RequestRow {
         destination_service_name: Some("ratings".into()),
         destination_subset: Some("v1".into()),
         destination_port: Some(9080),
-        trace_id: (i % 2 == 0).then(|| TraceId([(i % 251) as u8 + 1; 16])),
+        trace_id: (i.is_multiple_of(2)).then(|| TraceId([(i % 251) as u8 + 1; 16])),
         log_source: Some("push".into()),
     }
 }

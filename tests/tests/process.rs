@@ -9,8 +9,8 @@ fn request_lines(n: usize, prefix: &str) -> String {
     let t = hour_start_ns(0);
     (0..n)
         .map(|i| {
-            json!({"start_time": t + i as i64, "response_code": if i % 4 == 0 { 503 } else { 200 },
-                   "response_flags": if i % 4 == 0 { Value::from("UO") } else { Value::Null },
+            json!({"start_time": t + i as i64, "response_code": if i.is_multiple_of(4) { 503 } else { 200 },
+                   "response_flags": if i.is_multiple_of(4) { Value::from("UO") } else { Value::Null },
                    "bytes_received": 0, "bytes_sent": i, "duration_ms": i % 7,
                    "request_id": format!("{prefix}-{i}")})
             .to_string()

@@ -1252,10 +1252,7 @@ fn writer_thread(inner: Arc<Inner>, mut rx: mpsc::Receiver<WalMsg>, mut seg: wal
                 break;
             }
         }
-        let mut pending: Vec<(
-            Vec<(Table, i64, RecordBatch)>,
-            oneshot::Sender<Result<u64, String>>,
-        )> = Vec::new();
+        let mut pending: Pending = Vec::new();
         let mut buf = Vec::new();
         for msg in group {
             match msg {

@@ -108,7 +108,7 @@ pub fn read_segment(path: &Path, from: u64) -> io::Result<SegmentRead> {
         }
         let len = u32::from_le_bytes(data[pos..pos + 4].try_into().unwrap_or_default()) as usize;
         let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().unwrap_or_default());
-        if len < 10 || len > MAX_RECORD || data.len() - pos - HEADER < len {
+        if !(10..=MAX_RECORD).contains(&len) || data.len() - pos - HEADER < len {
             torn = Some(format!(
                 "record at byte {pos} claims {len} bytes, {} remain",
                 data.len() - pos - HEADER
