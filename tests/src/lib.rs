@@ -333,3 +333,6 @@ pub fn stat(i: u64, t_ns: i64) -> StatSampleRow {
         kind: "counter".into(),
     }
 }
+
+pub mod app;
+pub mod envoy;
