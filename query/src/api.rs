@@ -10,6 +10,9 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
+use meshscope_collector::envoy::push::EnvoyIngest;
+use meshscope_collector::envoy::scrape::Sources;
+use meshscope_collector::otlp::OtlpStats;
 use meshscope_collector::{Store, StoreError};
 use meshscope_schemas::Table;
 use serde::Deserialize;
@@ -42,11 +45,16 @@ pub struct AppState {
     pub store: Store,
     pub engine: Option<QueryEngine>,
     pub sql_limits: SqlLimits,
+    /// Envoy push receivers (collector roles).
+    pub ingest: Option<Arc<EnvoyIngest>>,
+    pub otlp: Option<Arc<OtlpStats>>,
+    pub sources: Sources,
 }
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let mut r = Router::new()
         .route("/api/v1/status", get(status))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }));
     if state.role != Role::Collector {
         r = r.route("/", get(index)).route("/api/v1/sql", post(sql));
@@ -54,8 +62,12 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     if state.role != Role::Query {
         r = r.route("/api/v1/ingest/rows/{table}", post(ingest_rows));
     }
+    let push = state.ingest.clone();
+    let mut r = r.with_state(Arc::new(state));
+    if let Some(ingest) = push {
+        r = r.merge(meshscope_collector::envoy::push::routes(ingest));
+    }
     r.layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(Arc::new(state))
 }
 
 /// A JSON error body `{"error": ..., "error_type": ...}` with a status code.
@@ -97,12 +109,135 @@ async fn status(State(s): State<Arc<AppState>>) -> Response {
     if let Err(e) = s.store.refresh().await {
         return store_error_response(&e);
     }
+    let sources = s.sources.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "role": s.role.as_str(),
         "storage": s.store.status(),
+        "sources": sources,
+        "otlp": s.otlp.as_ref().map(|o| o.snapshot()),
     }))
     .into_response()
+}
+
+/// meshscope's own metrics in Prometheus text format.
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    use std::fmt::Write;
+    let st = s.store.status();
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    let one = |v: f64| vec![(String::new(), v)];
+    metric(
+        "meshscope_appended_rows_total",
+        "counter",
+        "Rows durably appended.",
+        one(st.appended_rows as f64),
+    );
+    metric(
+        "meshscope_wal_commits_total",
+        "counter",
+        "WAL group commits.",
+        one(st.wal_commits as f64),
+    );
+    metric(
+        "meshscope_flushes_total",
+        "counter",
+        "Buffer flushes to Parquet.",
+        one(st.flushes as f64),
+    );
+    metric(
+        "meshscope_files_written_total",
+        "counter",
+        "Parquet files written.",
+        one(st.files_written as f64),
+    );
+    metric(
+        "meshscope_compactions_total",
+        "counter",
+        "Hour compactions.",
+        one(st.compactions as f64),
+    );
+    metric(
+        "meshscope_rejected_overload_total",
+        "counter",
+        "Appends refused by back-pressure.",
+        one(st.rejected_overload as f64),
+    );
+    metric(
+        "meshscope_buffer_bytes",
+        "gauge",
+        "Bytes in the in-memory Arrow buffer.",
+        one(st.buffered_bytes as f64),
+    );
+    metric(
+        "meshscope_wal_segments",
+        "gauge",
+        "WAL segments on disk.",
+        one(st.wal_segments as f64),
+    );
+    metric(
+        "meshscope_quarantined_files",
+        "gauge",
+        "Parquet files quarantined.",
+        one(st.quarantined.len() as f64),
+    );
+    metric(
+        "meshscope_table_rows_on_disk",
+        "gauge",
+        "Rows in Parquet per table.",
+        st.tables
+            .iter()
+            .map(|t| (format!("{{table=\"{}\"}}", t.table), t.rows_on_disk as f64))
+            .collect(),
+    );
+    let mut recv = Vec::new();
+    if let Some(i) = &s.ingest {
+        for (name, c) in [("accesslog_push", &i.accesslog), ("stats", &i.stats)] {
+            use std::sync::atomic::Ordering::Relaxed;
+            recv.push((
+                name,
+                c.received.load(Relaxed),
+                c.stored.load(Relaxed),
+                c.rejected.load(Relaxed),
+            ));
+        }
+    }
+    if let Some(o) = &s.otlp {
+        let o = o.snapshot();
+        recv.push((
+            "otlp_traces",
+            o.spans_received,
+            o.spans_stored,
+            o.spans_rejected,
+        ));
+        recv.push((
+            "otlp_logs",
+            o.log_records_received,
+            o.log_records_stored,
+            o.log_records_rejected,
+        ));
+    }
+    for (suffix, idx) in [("received", 1), ("stored", 2), ("rejected", 3)] {
+        metric(
+            &format!("meshscope_receiver_{suffix}_total"),
+            "counter",
+            &format!("Items {suffix} per receiver."),
+            recv.iter()
+                .map(|r| {
+                    (
+                        format!("{{receiver=\"{}\"}}", r.0),
+                        [0, r.1, r.2, r.3][idx] as f64,
+                    )
+                })
+                .collect(),
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
 #[derive(Deserialize)]

@@ -16,9 +16,9 @@
 //! 3. **Trace-by-id lookup latency** through the SQL engine (`SELECT *`, what a trace view
 //!    needs), with every trace's row count checked against what was generated; plus ids that
 //!    do not exist and one lookup bounded by time.
-//! 4. **Peak RSS** of the process (`VmHWM`), which includes the pre-built batches, and the
-//!    peak while looking up (the high-water mark is reset before the lookups where Linux
-//!    allows it).
+//! 4. **Peak RSS** of the process (`VmHWM`), and each phase's peak where Linux lets us reset
+//!    the high-water mark: generating (the pre-built batches), appending (with the flushes),
+//!    compacting, looking up.
 //!
 //! The data is seeded, so every run stores the same spans (only the wall-clock base differs:
 //! spans cover the 50 minutes before the run, i.e. one or two hour partitions).
@@ -96,9 +96,11 @@ pub async fn storage(
     );
     let store = Store::open(cfg).await?;
 
+    let mut memory = MemoryPhases::new();
+    memory.start("generate");
     let t = Instant::now();
     let data = generate(spans, batch, now_ns());
-    let generated_rss = proc_status_mib("VmRSS:");
+    memory.start("append+flush");
     println!(
         "generated {} spans in {} traces ({:.1} spans/trace), {} batches, in {:.1} s (not timed below); RSS {} MiB",
         data.spans,
@@ -106,7 +108,7 @@ pub async fn storage(
         data.spans as f64 / data.traces.len() as f64,
         data.batches.len(),
         t.elapsed().as_secs_f64(),
-        generated_rss
+        proc_status_mib("VmRSS:")
     );
 
     let appends = append_all(&store, data.batches, writers).await?;
@@ -126,9 +128,10 @@ pub async fn storage(
         store.stats().flushes.load(Ordering::Relaxed),
     );
 
-    let disk = disk_figures(&store, data.spans).await?;
-    let peak_rss = proc_status_mib("VmHWM:");
+    let disk = disk_figures(&store, data.spans, &mut memory).await?;
+    memory.start("lookups");
     let lookups = lookup_figures(&store, &data.traces).await?;
+    memory.finish();
 
     let p = |q| ms(percentile(&lookups.latencies, q));
     println!();
@@ -155,14 +158,7 @@ pub async fn storage(
         lookups.latencies.len(),
         ms(lookups.first),
     );
-    println!(
-        "memory: peak RSS {peak_rss} MiB (the pre-built batches alone: RSS {generated_rss} MiB after generating them); \
-         lookups: RSS {} MiB before, peak {} MiB during",
-        lookups.rss_before,
-        lookups
-            .peak_rss
-            .map_or("n/a".to_string(), |m| m.to_string())
-    );
+    println!("memory: {memory}");
 
     store.shutdown().await?;
     Ok(())
@@ -239,10 +235,15 @@ struct DiskFigures {
 
 /// Flushes, compacts every hour into one file, and prints what the files and the WAL cost
 /// per span, with a per-column breakdown from the Parquet footers.
-async fn disk_figures(store: &Store, spans: usize) -> anyhow::Result<DiskFigures> {
+async fn disk_figures(
+    store: &Store,
+    spans: usize,
+    memory: &mut MemoryPhases,
+) -> anyhow::Result<DiskFigures> {
     let t = Instant::now();
     store.flush().await?;
     let flush_s = t.elapsed().as_secs_f64();
+    memory.start("compact");
     let files_before: usize = store
         .manifests(Table::Spans)
         .iter()
@@ -251,6 +252,7 @@ async fn disk_figures(store: &Store, spans: usize) -> anyhow::Result<DiskFigures
     let t = Instant::now();
     let compacted = store.compact(true).await?;
     let compact_s = t.elapsed().as_secs_f64();
+    memory.start("inspect files");
 
     let manifests = store.manifests(Table::Spans);
     let files: Vec<_> = manifests.iter().flat_map(|m| m.files.iter()).collect();
@@ -342,16 +344,10 @@ struct LookupFigures {
     latencies: Vec<Duration>,
     /// The very first query of the engine.
     first: Duration,
-    /// RSS before the lookups, and the peak while looking up when the kernel lets us reset
-    /// the high-water mark (MiB).
-    rss_before: u64,
-    peak_rss: Option<u64>,
 }
 
 /// Looks traces up by id through SQL and checks every answer's row count.
 async fn lookup_figures(store: &Store, traces: &[TraceInfo]) -> anyhow::Result<LookupFigures> {
-    let rss_before = proc_status_mib("VmRSS:");
-    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     let engine = QueryEngine::new(store.clone())?;
     let limits = SqlLimits {
         timeout: Duration::from_secs(60),
@@ -463,12 +459,9 @@ async fn lookup_figures(store: &Store, traces: &[TraceInfo]) -> anyhow::Result<L
             .map(|m| m.files.len())
             .sum::<usize>(),
     );
-    let peak_rss = reset.then(|| proc_status_mib("VmHWM:"));
     Ok(LookupFigures {
         latencies,
         first: first_latency,
-        rss_before,
-        peak_rss,
     })
 }
 
@@ -937,6 +930,61 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// Memory by phase: RSS when a phase starts and its peak RSS, using the resettable
+/// high-water mark (`5` written to /proc/self/clear_refs, Linux ≥ 4.0); where that is not
+/// allowed, only the process's peak.
+struct MemoryPhases {
+    resettable: bool,
+    peak: u64,
+    /// (phase, RSS at its start, its peak), MiB.
+    phases: Vec<(&'static str, u64, u64)>,
+    current: Option<(&'static str, u64)>,
+}
+
+impl MemoryPhases {
+    fn new() -> MemoryPhases {
+        MemoryPhases {
+            resettable: true,
+            peak: 0,
+            phases: Vec::new(),
+            current: None,
+        }
+    }
+
+    /// Ends the current phase, if any, and starts `name`.
+    fn start(&mut self, name: &'static str) {
+        self.finish();
+        let rss = proc_status_mib("VmRSS:");
+        self.resettable = self.resettable && std::fs::write("/proc/self/clear_refs", "5").is_ok();
+        self.current = Some((name, rss));
+    }
+
+    fn finish(&mut self) {
+        let hwm = proc_status_mib("VmHWM:");
+        self.peak = self.peak.max(hwm);
+        if let Some((name, rss)) = self.current.take() {
+            self.phases.push((name, rss, hwm));
+        }
+    }
+}
+
+impl std::fmt::Display for MemoryPhases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "peak RSS {} MiB", self.peak)?;
+        if !self.resettable {
+            return f.write_str(
+                " (per-phase peaks unavailable: /proc/self/clear_refs is not writable)",
+            );
+        }
+        f.write_str("; by phase, RSS at start → peak:")?;
+        for (i, (name, rss, peak)) in self.phases.iter().enumerate() {
+            let sep = if i == 0 { " " } else { ", " };
+            write!(f, "{sep}{name} {rss} → {peak}")?;
+        }
+        f.write_str(" MiB")
+    }
 }
 
 /// A `kB` field of /proc/self/status (`VmRSS:`, `VmHWM:`) in MiB; 0 where there is none.

@@ -138,6 +138,25 @@ pub struct ServerOpts {
     #[arg(long, env = "MESHSCOPE_MAX_BODY_MB", default_value_t = 16)]
     pub max_body_mb: usize,
 
+    /// Envoy admin endpoint to scrape (`/server_info` and `/stats/prometheus`), e.g.
+    /// http://127.0.0.1:15000; repeatable, or comma-separated in the env variable.
+    #[arg(
+        long = "envoy-admin",
+        env = "MESHSCOPE_ENVOY_ADMIN",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub envoy_admin: Vec<String>,
+
+    /// How often each Envoy admin endpoint is scraped.
+    #[arg(long, env = "MESHSCOPE_SCRAPE_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub scrape_interval: Duration,
+
+    /// Envoy format string of text access logs [default: Istio's default format]. JSON lines
+    /// (Istio's JSON encoding) are recognised whatever this is.
+    #[arg(long, env = "MESHSCOPE_ACCESS_LOG_FORMAT", value_name = "FORMAT")]
+    pub access_log_format: Option<String>,
+
     /// Log filter (tracing EnvFilter syntax), e.g. info or meshscope=debug.
     #[arg(long, env = "MESHSCOPE_LOG", default_value = "info")]
     pub log: String,
@@ -199,6 +218,9 @@ pub enum BenchWhat {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub store: StoreConfig,
+    pub envoy_admin: Vec<String>,
+    pub scrape_interval: Duration,
+    pub access_log_format: String,
     pub api_addr: SocketAddr,
     pub otlp_grpc_addr: SocketAddr,
     pub otlp_http_addr: SocketAddr,
@@ -276,6 +298,27 @@ impl ServerOpts {
                 }
             }
         }
+        for u in &self.envoy_admin {
+            match url::Url::parse(u) {
+                Ok(p) if p.scheme() == "http" => {}
+                _ => {
+                    return bad(format!(
+                        "--envoy-admin {u:?} must be an http:// URL such as http://127.0.0.1:15000"
+                    ));
+                }
+            }
+        }
+        if self.scrape_interval < Duration::from_millis(100) {
+            return bad("--scrape-interval must be at least 100ms".into());
+        }
+        let access_log_format = self.access_log_format.clone().unwrap_or_else(|| {
+            meshscope_collector::envoy::access_log::ISTIO_TEXT_FORMAT.to_string()
+        });
+        if let Err(e) =
+            meshscope_collector::envoy::access_log::AccessLogFormat::compile(&access_log_format)
+        {
+            return bad(format!("--access-log-format: {e}"));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return bad(format!("--log {:?}: {e}", self.log));
         }
@@ -297,6 +340,9 @@ impl ServerOpts {
         store.read_only = read_only;
         Ok(ServerConfig {
             store,
+            envoy_admin: self.envoy_admin.clone(),
+            scrape_interval: self.scrape_interval,
+            access_log_format,
             api_addr: self.api_addr,
             otlp_grpc_addr: self.otlp_grpc_addr,
             otlp_http_addr: self.otlp_http_addr,
@@ -357,6 +403,15 @@ pub fn parse_from(mut args: Vec<String>) -> Result<Cli, ConfigError> {
                     toml::Value::Integer(i) => i.to_string(),
                     toml::Value::Boolean(b) => b.to_string(),
                     toml::Value::Float(f) => f.to_string(),
+                    toml::Value::Array(items) => items
+                        .iter()
+                        .map(|i| {
+                            i.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| i.to_string())
+                        })
+                        .collect::<Vec<_>>()
+                        .join(","),
                     other => {
                         return Err(ConfigError::File(
                             path.clone(),

@@ -8,6 +8,11 @@ use meshscope_collector::Store;
 use tokio::net::TcpListener;
 use tracing::info;
 
+use meshscope_collector::envoy::access_log::{AccessLogFormat, ProxyIdentity, derive_identity};
+use meshscope_collector::envoy::push::EnvoyIngest;
+use meshscope_collector::envoy::scrape::{Sources, spawn_scrapers};
+use meshscope_collector::otlp::{OtlpLimits, OtlpState};
+
 use crate::api::{AppState, Role, router};
 use crate::config::ServerConfig;
 use crate::sql::QueryEngine;
@@ -45,7 +50,8 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// A running server; `run` serves until `stop` resolves, then flushes and returns.
+/// A running server; `run` serves until `stop` resolves, then stops the receivers, flushes
+/// the buffer to Parquet and returns.
 pub async fn run(
     role: Role,
     cfg: ServerConfig,
@@ -63,11 +69,69 @@ pub async fn run(
     } else {
         Some(QueryEngine::new(store.clone())?)
     };
+    let collecting = role != Role::Query;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let sources: Sources = Default::default();
+    let mut tasks = Vec::new();
+    let mut ingest = None;
+    let mut otlp_stats = None;
+    if collecting {
+        let format =
+            AccessLogFormat::compile(&cfg.access_log_format).context("--access-log-format")?;
+        let envoy = EnvoyIngest::new(store.clone(), format);
+        // OTLP logs from Envoy's OpenTelemetry access logger: a string body is an access-log
+        // line in the same format; identity comes from the cluster name and the address book.
+        let body_format =
+            AccessLogFormat::compile(&cfg.access_log_format).context("--access-log-format")?;
+        let book_owner = envoy.clone();
+        let otlp = OtlpState::new(store.clone())
+            .with_limits(OtlpLimits {
+                max_body_bytes: cfg.max_body_bytes,
+            })
+            .with_body_parser(move |line| body_format.parse_line(line).ok().map(|p| p.row))
+            .with_enricher(move |row| {
+                let book = book_owner.book.read().unwrap_or_else(|e| e.into_inner());
+                derive_identity(row, &ProxyIdentity::default(), &book);
+            });
+        otlp_stats = Some(otlp.stats.clone());
+        let grpc = TcpListener::bind(cfg.otlp_grpc_addr)
+            .await
+            .with_context(|| format!("binding --otlp-grpc-addr {}", cfg.otlp_grpc_addr))?;
+        let http = TcpListener::bind(cfg.otlp_http_addr)
+            .await
+            .with_context(|| format!("binding --otlp-http-addr {}", cfg.otlp_http_addr))?;
+        println!("meshscope OTLP/gRPC on {}", grpc.local_addr()?);
+        println!("meshscope OTLP/HTTP on http://{}/", http.local_addr()?);
+        tasks.push(tokio::spawn(meshscope_collector::otlp::serve_grpc(
+            grpc,
+            otlp.clone(),
+            stopped(stop_rx.clone()),
+        )));
+        tasks.push(tokio::spawn(meshscope_collector::otlp::serve_http(
+            http,
+            otlp,
+            stopped(stop_rx.clone()),
+        )));
+        spawn_scrapers(
+            envoy.clone(),
+            cfg.envoy_admin.clone(),
+            cfg.scrape_interval,
+            sources.clone(),
+            stop_rx.clone(),
+        );
+        ingest = Some(envoy);
+    }
     let state = AppState {
         role,
         store: store.clone(),
         engine,
         sql_limits: cfg.sql,
+        ingest,
+        otlp: otlp_stats,
+        sources,
     };
     let app = router(state, cfg.max_body_bytes);
     let listener = TcpListener::bind(cfg.api_addr)
@@ -77,9 +141,18 @@ pub async fn run(
     info!(role = role.as_str(), %addr, data = %cfg.store.location, "meshscope is serving");
     // A line tests and scripts can wait for.
     println!("meshscope {} listening on http://{addr}/", role.as_str());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await?;
+    let api = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let api = tokio::spawn(async move { api.await });
+    stop.await;
+    let _ = stop_tx.send(true);
+    api.await?.context("API server")?;
+    for t in tasks {
+        match t.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "an OTLP receiver stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "an OTLP receiver task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     info!("shutting down: flushing buffered rows");
     store.shutdown().await.context("flushing on shutdown")?;
     info!("stopped cleanly");

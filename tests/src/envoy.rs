@@ -114,7 +114,6 @@ fn hcm(
             r#"
           tracing:
             random_sampling: {{value: 100}}
-            spawn_upstream_span: true
             provider:
               name: envoy.tracers.opentelemetry
               typed_config:

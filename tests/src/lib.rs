@@ -54,6 +54,9 @@ pub fn meshscope_bin() -> PathBuf {
 pub struct Server {
     pub child: Child,
     pub addr: String,
+    /// OTLP receiver addresses (collector roles).
+    pub otlp_grpc: Option<String>,
+    pub otlp_http: Option<String>,
     pub data_dir: PathBuf,
     stderr_log: PathBuf,
 }
@@ -83,13 +86,22 @@ impl Server {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            let (mut grpc, mut http) = (None, None);
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let _ = tx.send(rest.trim_end_matches('/').to_string());
+                if let Some(rest) = line.strip_prefix("meshscope OTLP/gRPC on ") {
+                    grpc = Some(rest.trim().to_string());
+                } else if let Some(rest) = line.strip_prefix("meshscope OTLP/HTTP on http://") {
+                    http = Some(rest.trim().trim_end_matches('/').to_string());
+                } else if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send((
+                        rest.trim_end_matches('/').to_string(),
+                        grpc.take(),
+                        http.take(),
+                    ));
                 }
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+        let (addr, otlp_grpc, otlp_http) = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
@@ -102,6 +114,8 @@ impl Server {
         Server {
             child,
             addr,
+            otlp_grpc,
+            otlp_http,
             data_dir: data_dir.to_path_buf(),
             stderr_log,
         }

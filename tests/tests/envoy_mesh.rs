@@ -132,3 +132,182 @@ fn envoy_circuit_breaker_harness_behaves_like_the_istio_tutorial() {
     );
     assert!(server_lines.iter().all(|l| l.contains("inbound|8000||")));
 }
+
+fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn push_log(server: &meshscope_tests::Server, sc: &Sidecar) -> serde_json::Value {
+    let p = &sc.pod;
+    let path = format!(
+        "/api/v1/ingest/accesslog?pod={}&namespace={}&app={}&version={}&ip={}",
+        p.name, p.namespace, p.app, p.version, p.ip
+    );
+    let body = std::fs::read_to_string(&sc.access_log).unwrap();
+    let (status, v) = server.post_text(&path, &body);
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+/// The whole collector against real Envoys: access-log lines pushed, spans from Envoy's
+/// OpenTelemetry tracer over OTLP/gRPC, stats scraped from both admin endpoints; every number
+/// checked against Envoy's own files and counters.
+#[test]
+fn collector_stores_a_real_envoy_mesh_exactly() {
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let base = 12;
+    let admins = format!("http://127.0.{base}.2:15000,http://127.0.{base}.3:15000");
+    let server = meshscope_tests::Server::start(
+        "serve",
+        &dir.path().join("data"),
+        &["--envoy-admin", &admins, "--scrape-interval", "300ms"],
+    );
+    let mesh = start_mesh(dir.path(), server.otlp_grpc.clone(), base);
+    let codes = load(&mesh, 60);
+    let ok = codes.iter().filter(|c| **c == 200).count();
+    assert_eq!(codes.len(), 60);
+
+    // Access logs: wait for Envoy to write every line, then push each sidecar's file.
+    let client_lines = poll("the client's access log", Duration::from_secs(10), || {
+        let l = mesh.client.access_log_lines();
+        (l.len() == 60).then_some(l)
+    });
+    let server_lines = poll("the server's access log", Duration::from_secs(10), || {
+        let l = mesh.server.access_log_lines();
+        (l.len() == ok).then_some(l)
+    });
+    let v = push_log(&server, &mesh.client);
+    assert_eq!(
+        (v["stored"].as_u64(), v["rejected"].as_array().map(Vec::len)),
+        (Some(60), Some(0)),
+        "{v}"
+    );
+    let v = push_log(&server, &mesh.server);
+    assert_eq!(v["stored"].as_u64(), Some(ok as u64), "{v}");
+
+    // every line exactly once, per proxy
+    let per_proxy = server.sql("SELECT proxy, reporter, count(*) AS n, count(DISTINCT request_id) AS ids FROM requests GROUP BY 1, 2 ORDER BY 1");
+    assert_eq!(
+        per_proxy,
+        vec![
+            json!({"proxy": "fortio-deploy-5d8f7c9b4-abcde", "reporter": "source", "n": 60, "ids": 60}),
+            json!({"proxy": "httpbin-7d9c5b8f6-x2k4p", "reporter": "destination", "n": ok, "ids": ok}),
+        ]
+    );
+    // a sample of fields, against the raw line Envoy wrote
+    let uo_line = client_lines
+        .iter()
+        .find(|l| l.contains(" 503 UO "))
+        .expect("a UO line");
+    let rid = uo_line.split('"').nth(9).unwrap().to_string();
+    let row = server.sql(&format!(
+        "SELECT method, path, protocol, response_code, response_flags, response_code_details, bytes_sent, upstream_cluster, \
+         destination_service, destination_service_name, destination_namespace, destination_port, source_workload, source_app, \
+         user_agent, authority, route_name FROM requests WHERE request_id = '{rid}'"
+    ));
+    assert_eq!(
+        row,
+        vec![
+            json!({"method": "GET", "path": "/get", "protocol": "HTTP/1.1", "response_code": 503, "response_flags": "UO",
+            "response_code_details": "upstream_reset_before_response_started{overflow}", "bytes_sent": 81,
+            "upstream_cluster": "outbound|8000||httpbin.default.svc.cluster.local",
+            "destination_service": "httpbin.default.svc.cluster.local", "destination_service_name": "httpbin",
+            "destination_namespace": "default", "destination_port": 8000, "source_workload": "fortio-deploy",
+            "source_app": "fortio", "user_agent": "fortio.org/fortio-1.69.1", "authority": "httpbin:8000", "route_name": "default"})
+        ]
+    );
+    // the server side knows its caller from the address book (the client's IP)
+    let callers = server.sql("SELECT DISTINCT source_workload, destination_workload FROM requests WHERE reporter = 'destination'");
+    assert_eq!(
+        callers,
+        vec![json!({"source_workload": "fortio-deploy", "destination_workload": "httpbin"})]
+    );
+    assert_eq!(server_lines.len(), ok);
+
+    // Circuit breaker: UO lines = Envoy's admin counter = the scraped stat.
+    let overflow = mesh
+        .client
+        .stat(
+            "cluster.outbound|8000||httpbin.default.svc.cluster.local.upstream_rq_pending_overflow",
+        )
+        .unwrap();
+    let uo = server.sql("SELECT count(*) AS n FROM requests WHERE response_flags = 'UO'")[0]["n"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(uo, overflow);
+    assert_eq!(
+        uo as usize,
+        client_lines
+            .iter()
+            .filter(|l| l.contains(" 503 UO "))
+            .count()
+    );
+    let scraped = poll("a scrape after the load", Duration::from_secs(15), || {
+        let r = server.sql(
+            "SELECT max(value) AS v FROM stat_samples WHERE metric = 'envoy_cluster_upstream_rq_pending_overflow' \
+             AND cluster_name = 'outbound|8000||httpbin.default.svc.cluster.local' AND proxy = 'fortio-deploy-5d8f7c9b4-abcde'",
+        );
+        r[0]["v"].as_f64().filter(|v| *v as u64 == overflow)
+    });
+    assert_eq!(scraped as u64, overflow);
+    // the server sidecar uses Envoy's default tags; its inbound cluster keeps its name too
+    let inbound = server.sql(
+        "SELECT max(value) AS v FROM stat_samples WHERE metric = 'envoy_cluster_upstream_rq_completed' AND cluster_name = 'inbound|8000||' AND proxy = 'httpbin-7d9c5b8f6-x2k4p'",
+    );
+    assert_eq!(
+        inbound[0]["v"].as_f64().map(|v| v as usize),
+        Some(ok),
+        "{inbound:?}"
+    );
+
+    // Spans: every span Envoy exported is stored, with its request id.
+    let sent = |sc: &Sidecar| sc.stat("tracing.opentelemetry.spans_sent").unwrap_or(0);
+    let total_sent = poll("Envoy to flush its spans", Duration::from_secs(15), || {
+        let n = sent(&mesh.client) + sent(&mesh.server);
+        let stored = server.sql("SELECT count(*) AS n FROM spans")[0]["n"]
+            .as_u64()
+            .unwrap();
+        (n > 0 && stored == n && n >= 60 + ok as u64).then_some(n)
+    });
+    let spans = server.sql("SELECT count(*) AS n, count(request_id) AS with_id, count(DISTINCT request_id) AS ids FROM spans");
+    assert_eq!(spans[0]["n"].as_u64(), Some(total_sent));
+    let kinds = server.sql(
+        "SELECT kind, count(*) AS n, count(request_id) AS with_id FROM spans GROUP BY 1 ORDER BY 1",
+    );
+    assert_eq!(
+        spans[0]["with_id"].as_u64(),
+        Some(total_sent),
+        "every span carries guid:x-request-id: {kinds:?}"
+    );
+    assert_eq!(
+        kinds,
+        vec![
+            json!({"kind": "client", "n": 60, "with_id": 60}),
+            json!({"kind": "server", "n": ok, "with_id": ok})
+        ]
+    );
+    assert_eq!(
+        spans[0]["ids"].as_u64(),
+        Some(60),
+        "one trace per request the client sent"
+    );
+    let joined = server.sql(
+        "SELECT count(DISTINCT s.request_id) AS n FROM spans s JOIN requests r ON s.request_id = r.request_id WHERE r.reporter = 'source'",
+    );
+    assert_eq!(
+        joined[0]["n"].as_u64(),
+        Some(60),
+        "every access-log line finds its trace by x-request-id"
+    );
+}

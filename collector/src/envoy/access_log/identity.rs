@@ -1,0 +1,420 @@
+//! Who called whom: the derived columns of a `requests` row (`reporter`, `source_*`,
+//! `destination_*`, `request_protocol`), from the line itself plus what the caller knows
+//! about the proxy that wrote it ([`ProxyIdentity`]) and about the mesh's addresses
+//! ([`AddressBook`]).
+//!
+//! An Istio sidecar logs each request twice: the caller's proxy on an `outbound|…` cluster
+//! (reporter `source`) and the callee's on an `inbound|…` cluster (reporter `destination`).
+//! The writing proxy is one end; the peer address in the line is the other end, resolved
+//! through the address book: `upstream_host` on outbound lines (the destination pod),
+//! `downstream_remote_address` on inbound lines (the source pod). Fields already set on the
+//! row are never overwritten, so a receiver can fill what it knows better first.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use meshscope_schemas::envoy::{IstioCluster, IstioNodeId, Reporter};
+use meshscope_schemas::rows::RequestRow;
+
+/// The proxy (or the workload behind an address). All parts are optional: a receiver fills
+/// what it learned from the log file path, the node id or the Kubernetes API.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyIdentity {
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
+    /// The owning workload (Deployment, StatefulSet, …); derived from the pod name when
+    /// unset, see [`workload_from_pod_name`].
+    pub workload: Option<String>,
+    /// The `app` label; Istio's canonical service when set.
+    pub app: Option<String>,
+    /// The `version` label; Istio's canonical revision.
+    pub version: Option<String>,
+    pub ip: Option<String>,
+}
+
+impl ProxyIdentity {
+    /// A pod known by name and namespace; the workload is derived from the pod name.
+    pub fn from_pod(pod: &str, namespace: &str) -> ProxyIdentity {
+        ProxyIdentity {
+            pod: Some(pod.to_string()),
+            namespace: Some(namespace.to_string()),
+            workload: Some(workload_from_pod_name(pod).to_string()),
+            ..ProxyIdentity::default()
+        }
+    }
+
+    /// From an Istio node id, `sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`.
+    pub fn from_node_id(node_id: &str) -> Option<ProxyIdentity> {
+        let n = IstioNodeId::parse(node_id)?;
+        Some(ProxyIdentity {
+            ip: Some(n.ip),
+            ..ProxyIdentity::from_pod(&n.pod, &n.namespace)
+        })
+    }
+
+    /// The workload, or one derived from the pod name.
+    pub fn workload_name(&self) -> Option<&str> {
+        self.workload
+            .as_deref()
+            .or_else(|| self.pod.as_deref().map(workload_from_pod_name))
+    }
+
+    /// Istio's canonical service: the `app` label, else the workload name.
+    pub fn canonical_service(&self) -> Option<&str> {
+        self.app.as_deref().or_else(|| self.workload_name())
+    }
+}
+
+/// The workload of a pod, from its name alone, for when the owner references are not known.
+///
+/// A Deployment's pods are named `<deployment>-<pod-template-hash>-<5 chars>`
+/// (`reviews-v2-5b64f47978-abcde` → `reviews-v2`); Istio and Kiali name the workload after
+/// the Deployment, so both segments are stripped when the hash looks like one Kubernetes
+/// generates (6–10 characters of its vowel-free alphabet `bcdfghjklmnpqrstvwxz2456789`). A
+/// single generated 5-character suffix from that alphabet (DaemonSet and Job pods, e.g.
+/// `ztunnel-x7k2p`) is stripped alone. Anything else (StatefulSet pods like `web-0`, bare
+/// pods) is its own workload.
+pub fn workload_from_pod_name(pod: &str) -> &str {
+    let mut parts = pod.rsplitn(3, '-');
+    let (Some(suffix), Some(hash)) = (parts.next(), parts.next()) else {
+        return pod;
+    };
+    let is_suffix = suffix.len() == 5
+        && suffix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if let Some(deployment) = parts.next()
+        && is_suffix
+        && (6..=10).contains(&hash.len())
+        && hash.bytes().all(is_generated)
+        && !deployment.is_empty()
+    {
+        return deployment;
+    }
+    if suffix.len() == 5 && suffix.bytes().all(is_generated) {
+        return &pod[..pod.len() - suffix.len() - 1];
+    }
+    pod
+}
+
+/// Kubernetes' `rand.SafeEncodeString` alphabet: no vowels, no 0/1/3, so generated names
+/// never spell words.
+fn is_generated(b: u8) -> bool {
+    b"bcdfghjklmnpqrstvwxz2456789".contains(&b)
+}
+
+/// The host part of an Envoy address: `10.1.2.3:8080` → `10.1.2.3`, `[::1]:80` → `::1`;
+/// a bare IPv6 address or a name without port is returned as is.
+pub fn address_host(address: &str) -> &str {
+    if let Some(rest) = address.strip_prefix('[') {
+        return rest.split_once(']').map_or(rest, |(h, _)| h);
+    }
+    match address.split_once(':') {
+        Some((host, port)) if !port.contains(':') => host,
+        _ => address,
+    }
+}
+
+/// Mesh addresses and who is behind them: the seam through which a receiver tells the
+/// parser about the other end of a call (pod IPs from the Kubernetes API, node ids from
+/// Envoy admin, or the loopback addresses of a local demo).
+#[derive(Debug, Clone, Default)]
+pub struct AddressBook {
+    by_ip: HashMap<String, ProxyIdentity>,
+}
+
+impl AddressBook {
+    pub fn new() -> AddressBook {
+        AddressBook::default()
+    }
+
+    /// Records who is at `ip` (a port, if given, is dropped).
+    pub fn insert(&mut self, ip: impl Into<String>, identity: ProxyIdentity) {
+        let ip = ip.into();
+        let host = address_host(&ip);
+        let key = if host.len() == ip.len() {
+            ip
+        } else {
+            host.to_string()
+        };
+        self.by_ip.insert(key, identity);
+    }
+
+    /// Who is at `address`, an IP with or without port (`10.1.2.3:8080`, `[::1]:80`).
+    pub fn get(&self, address: &str) -> Option<&ProxyIdentity> {
+        self.by_ip.get(address_host(address))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_ip.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_ip.is_empty()
+    }
+}
+
+/// An Istio cluster name in either spelling: `outbound|9080|v1|reviews.default.svc.cluster.local`
+/// (cluster names, `%UPSTREAM_CLUSTER_RAW%`) or `outbound_.9080_.v1_.reviews.default.svc.cluster.local`
+/// (the mTLS SNI Istio sends, which is also what `%REQUESTED_SERVER_NAME%` shows on inbound
+/// lines, and a cluster's observability name in some setups).
+pub fn parse_istio_cluster(name: &str) -> Option<IstioCluster> {
+    if let Some(c) = IstioCluster::parse(name) {
+        return Some(c);
+    }
+    let (direction, rest) = name.split_once("_.")?;
+    let reporter = match direction {
+        "outbound" => Reporter::Source,
+        "inbound" => Reporter::Destination,
+        _ => return None,
+    };
+    let (port, rest) = rest.split_once("_.")?;
+    let (subset, host) = rest.split_once("_.")?;
+    let nonempty = |s: &str| (!s.is_empty() && s != "_").then(|| s.to_string());
+    Some(IstioCluster {
+        reporter,
+        port: port.parse().ok(),
+        subset: nonempty(subset),
+        host: nonempty(host),
+    })
+}
+
+/// Fills the derived columns of `row`, written by `proxy`; `book` resolves the peer address.
+///
+/// - `reporter` comes from the cluster name (`outbound|…` → `source`, `inbound|…` →
+///   `destination`; `PassthroughCluster`/`BlackHoleCluster` → `source`,
+///   `InboundPassthroughCluster*` → `destination`). Without a usable cluster (`-` on a
+///   `NR` line) it is `destination` when `downstream_local_address` is the proxy's own IP
+///   (inbound listeners bind it) and `source` otherwise (outbound traffic is captured on the
+///   service's address); with neither known, no identity is derived.
+/// - Outbound: `source_*` = the proxy; `destination_service`, `_service_name`,
+///   `_namespace`, `_subset`, `_port` from the cluster; `destination_workload/app/version`
+///   from the address book entry of `upstream_host`.
+/// - Inbound: `destination_*` = the proxy, `destination_port` from the cluster; the service
+///   from the SNI the caller's sidecar sent (`outbound_.9080_._.productpage.default.svc.cluster.local`),
+///   else from the `:authority` host when it is a name (plaintext calls); `source_*` from the
+///   address book entry of `downstream_remote_address`.
+/// - `request_protocol`: `tcp` when `%PROTOCOL%` is unset; `grpc` for HTTP/2 or HTTP/3 with a
+///   path shaped like `/<package.Service>/<Method>` (gRPC's path layout; content-type is not
+///   in the log, so `/api.v1/users` over HTTP/2 would count as gRPC too); else `http`.
+/// - `proxy`: the proxy's pod name, else its IP.
+pub fn derive_identity(row: &mut RequestRow, proxy: &ProxyIdentity, book: &AddressBook) {
+    fill(&mut row.proxy, proxy.pod.as_deref().or(proxy.ip.as_deref()));
+    if row.request_protocol.is_none() {
+        row.request_protocol = Some(request_protocol(row).to_string());
+    }
+    let cluster = row
+        .upstream_cluster
+        .as_deref()
+        .and_then(parse_istio_cluster);
+    let Some(reporter) = cluster
+        .as_ref()
+        .map(|c| c.reporter)
+        .or_else(|| reporter_without_cluster(row, proxy))
+    else {
+        return;
+    };
+    fill(&mut row.reporter, Some(reporter.as_str()));
+    match reporter {
+        Reporter::Source => {
+            fill_source(row, proxy);
+            match &cluster {
+                Some(c) => fill_destination_service(row, c),
+                // Istio's metrics name passthrough traffic's destination after the cluster.
+                None => {
+                    if let Some(name) = row.upstream_cluster.clone() {
+                        fill(&mut row.destination_service_name, Some(&name));
+                    }
+                }
+            }
+            if let Some(peer) = row.upstream_host.as_deref().and_then(|a| book.get(a)) {
+                fill_destination(row, peer);
+            }
+        }
+        Reporter::Destination => {
+            fill_destination(row, proxy);
+            if row.destination_port.is_none() {
+                row.destination_port = cluster.as_ref().and_then(|c| c.port);
+            }
+            let from_sni = row
+                .requested_server_name
+                .as_deref()
+                .and_then(parse_istio_cluster)
+                .filter(|c| c.reporter == Reporter::Source && c.host.is_some());
+            match from_sni {
+                Some(c) => fill_destination_service(row, &c),
+                None => fill_destination_service_from_authority(row),
+            }
+            if let Some(peer) = row
+                .downstream_remote_address
+                .as_deref()
+                .and_then(|a| book.get(a))
+            {
+                fill_source(row, peer);
+            }
+        }
+    }
+}
+
+fn reporter_without_cluster(row: &RequestRow, proxy: &ProxyIdentity) -> Option<Reporter> {
+    match row.upstream_cluster.as_deref() {
+        Some("PassthroughCluster" | "BlackHoleCluster") => return Some(Reporter::Source),
+        Some(n) if n.starts_with("InboundPassthroughCluster") => {
+            return Some(Reporter::Destination);
+        }
+        _ => {}
+    }
+    let local = address_host(row.downstream_local_address.as_deref()?);
+    let own = proxy.ip.as_deref()?;
+    Some(if local == own {
+        Reporter::Destination
+    } else {
+        Reporter::Source
+    })
+}
+
+fn request_protocol(row: &RequestRow) -> &'static str {
+    match row.protocol.as_deref() {
+        None => "tcp",
+        Some(p)
+            if (p.starts_with("HTTP/2") || p.starts_with("HTTP/3"))
+                && row.path.as_deref().is_some_and(is_grpc_path) =>
+        {
+            "grpc"
+        }
+        Some(_) => "http",
+    }
+}
+
+/// `/<package.Service>/<Method>`: a dotted service name of identifier characters, then one
+/// identifier.
+fn is_grpc_path(path: &str) -> bool {
+    let ident =
+        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    let Some((service, method)) = path.strip_prefix('/').and_then(|rest| rest.split_once('/'))
+    else {
+        return false;
+    };
+    service.contains('.') && service.split('.').all(ident) && ident(method)
+}
+
+fn fill(slot: &mut Option<String>, value: Option<&str>) {
+    if slot.is_none()
+        && let Some(v) = value
+    {
+        *slot = Some(v.to_string());
+    }
+}
+
+fn fill_source(row: &mut RequestRow, id: &ProxyIdentity) {
+    fill(&mut row.source_namespace, id.namespace.as_deref());
+    fill(&mut row.source_workload, id.workload_name());
+    fill(&mut row.source_app, id.app.as_deref());
+    fill(&mut row.source_version, id.version.as_deref());
+    fill(&mut row.source_service, id.canonical_service());
+}
+
+fn fill_destination(row: &mut RequestRow, id: &ProxyIdentity) {
+    fill(&mut row.destination_namespace, id.namespace.as_deref());
+    fill(&mut row.destination_workload, id.workload_name());
+    fill(&mut row.destination_app, id.app.as_deref());
+    fill(&mut row.destination_version, id.version.as_deref());
+}
+
+fn fill_destination_service(row: &mut RequestRow, c: &IstioCluster) {
+    fill(&mut row.destination_service, c.host.as_deref());
+    fill(&mut row.destination_service_name, c.service_name());
+    fill(&mut row.destination_namespace, c.namespace());
+    fill(&mut row.destination_subset, c.subset.as_deref());
+    if row.destination_port.is_none() {
+        row.destination_port = c.port;
+    }
+}
+
+fn fill_destination_service_from_authority(row: &mut RequestRow) {
+    let Some(host) = row.authority.as_deref().map(address_host) else {
+        return;
+    };
+    if host.is_empty() || host.parse::<IpAddr>().is_ok() {
+        return;
+    }
+    let host = host.to_string();
+    let mut labels = host.split('.');
+    let name = labels.next();
+    let namespace = labels.next().filter(|_| host.contains(".svc."));
+    fill(&mut row.destination_service_name, name);
+    fill(&mut row.destination_namespace, namespace);
+    fill(&mut row.destination_service, Some(&host));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workloads_from_pod_names() {
+        for (pod, workload) in [
+            ("reviews-v2-5b64f47978-abcde", "reviews-v2"),
+            ("productpage-v1-6b746f74dc-9stp6", "productpage-v1"),
+            ("httpbin-8cb97b8f4-xk2lm", "httpbin"),
+            ("ztunnel-x7k2p", "ztunnel"),
+            // StatefulSet ordinals are kept: without the owner, `web-0` may be a bare pod.
+            ("web-0", "web-0"),
+            ("ratings-proxy", "ratings-proxy"),
+            ("reviews-v2-abcde", "reviews-v2-abcde"),
+            ("standalone", "standalone"),
+            ("-5b64f47978-abcde", "-5b64f47978-abcde"),
+            ("", ""),
+        ] {
+            assert_eq!(workload_from_pod_name(pod), workload, "{pod}");
+        }
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(address_host("10.1.2.3:8080"), "10.1.2.3");
+        assert_eq!(address_host("[::1]:80"), "::1");
+        assert_eq!(address_host("fe80::1"), "fe80::1");
+        assert_eq!(address_host("10.1.2.3"), "10.1.2.3");
+        assert_eq!(address_host("[::1"), "::1");
+        let mut book = AddressBook::new();
+        book.insert(
+            "127.0.10.2:9080",
+            ProxyIdentity::from_pod("p-5b64f47978-abcde", "ns"),
+        );
+        book.insert("::1", ProxyIdentity::default());
+        assert_eq!(book.len(), 2);
+        assert_eq!(
+            book.get("127.0.10.2:1234")
+                .and_then(|p| p.workload.as_deref()),
+            Some("p")
+        );
+        assert!(book.get("[::1]:80").is_some());
+        assert!(book.get("127.0.10.3").is_none());
+    }
+
+    #[test]
+    fn sni_style_cluster_names() {
+        let c =
+            parse_istio_cluster("outbound_.9080_.v1_.reviews.default.svc.cluster.local").unwrap();
+        assert_eq!(c.reporter, Reporter::Source);
+        assert_eq!((c.port, c.subset.as_deref()), (Some(9080), Some("v1")));
+        assert_eq!(c.host.as_deref(), Some("reviews.default.svc.cluster.local"));
+        let c =
+            parse_istio_cluster("outbound_.9080_._.productpage.default.svc.cluster.local").unwrap();
+        assert_eq!(c.subset, None);
+        assert_eq!(c.service_name(), Some("productpage"));
+        assert_eq!(parse_istio_cluster("default"), None);
+        assert_eq!(parse_istio_cluster("httpbin.org"), None);
+    }
+
+    #[test]
+    fn grpc_paths() {
+        assert!(is_grpc_path("/grpc.health.v1.Health/Check"));
+        assert!(is_grpc_path("/helloworld.Greeter/SayHello"));
+        assert!(!is_grpc_path("/productpage"));
+        assert!(!is_grpc_path("/static/app.js"));
+        assert!(!is_grpc_path("/a.b/c?x=1"));
+        assert!(!is_grpc_path("/a..b/c"));
+    }
+}

@@ -1,0 +1,150 @@
+//! The path both transports share once a request is decoded: convert to rows, build one Arrow
+//! batch, append it to the store (which returns once the rows are durable), and count.
+
+use meshscope_schemas::Table;
+use meshscope_schemas::rows::{requests_batch, spans_batch};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+
+use super::{OtlpError, OtlpState, OtlpStats, logs, traces};
+use crate::storage::StoreError;
+
+/// How many rejection messages a partial-success `error_message` quotes.
+const QUOTED_REJECTIONS: usize = 5;
+
+/// What one export stored and what it rejected.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExportOutcome {
+    /// Items durably stored.
+    pub stored: usize,
+    /// One message per rejected item, naming it and what was wrong.
+    pub rejected: Vec<String>,
+}
+
+impl ExportOutcome {
+    /// The partial-success `error_message`: the count and the first few reasons; empty when
+    /// nothing was rejected.
+    pub fn error_message(&self, items: &str) -> String {
+        if self.rejected.is_empty() {
+            return String::new();
+        }
+        let total = self.stored + self.rejected.len();
+        let mut msg = format!(
+            "{} of {total} {items} rejected: {}",
+            self.rejected.len(),
+            self.rejected
+                .iter()
+                .take(QUOTED_REJECTIONS)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        if self.rejected.len() > QUOTED_REJECTIONS {
+            msg.push_str(&format!(
+                "; and {} more",
+                self.rejected.len() - QUOTED_REJECTIONS
+            ));
+        }
+        msg
+    }
+
+    /// The trace export reply: `partial_success` only when spans were rejected.
+    pub fn trace_response(&self) -> ExportTraceServiceResponse {
+        ExportTraceServiceResponse {
+            partial_success: (!self.rejected.is_empty()).then(|| ExportTracePartialSuccess {
+                rejected_spans: self.rejected.len() as i64,
+                error_message: self.error_message("spans"),
+            }),
+        }
+    }
+
+    /// The logs export reply: `partial_success` only when records were rejected.
+    pub fn logs_response(&self) -> ExportLogsServiceResponse {
+        ExportLogsServiceResponse {
+            partial_success: (!self.rejected.is_empty()).then(|| ExportLogsPartialSuccess {
+                rejected_log_records: self.rejected.len() as i64,
+                error_message: self.error_message("log records"),
+            }),
+        }
+    }
+}
+
+/// Stores the valid spans of a trace export.
+pub async fn export_traces(
+    state: &OtlpState,
+    req: ExportTraceServiceRequest,
+) -> Result<ExportOutcome, OtlpError> {
+    let (rows, rejected) = traces::spans_from_request(req);
+    if let Some(first) = rejected.first() {
+        tracing::debug!(rejected = rejected.len(), first = %first, "OTLP spans rejected");
+    }
+    let s = &state.stats;
+    OtlpStats::add(&s.spans_received, rows.len() + rejected.len());
+    OtlpStats::add(&s.spans_rejected, rejected.len());
+    if !rows.is_empty() {
+        let batch = spans_batch(&rows).map_err(|source| OtlpError::Batch {
+            table: Table::Spans.name(),
+            source,
+        })?;
+        append(state, Table::Spans, batch).await?;
+        OtlpStats::add(&s.spans_stored, rows.len());
+    }
+    Ok(ExportOutcome {
+        stored: rows.len(),
+        rejected,
+    })
+}
+
+/// Stores the access-log records of a logs export as `requests` rows.
+pub async fn export_logs(
+    state: &OtlpState,
+    req: ExportLogsServiceRequest,
+) -> Result<ExportOutcome, OtlpError> {
+    let no_parser = |_: &str| None;
+    let parser: &(dyn Fn(&str) -> Option<_> + Send + Sync) = match &state.body_parser {
+        Some(p) => p.as_ref(),
+        None => &no_parser,
+    };
+    let (mut rows, rejected) = logs::requests_from_request(req, parser);
+    if let Some(first) = rejected.first() {
+        tracing::debug!(rejected = rejected.len(), first = %first, "OTLP log records rejected");
+    }
+    if let Some(enrich) = &state.enricher {
+        rows.iter_mut().for_each(|r| enrich(r));
+    }
+    let s = &state.stats;
+    OtlpStats::add(&s.log_records_received, rows.len() + rejected.len());
+    OtlpStats::add(&s.log_records_rejected, rejected.len());
+    if !rows.is_empty() {
+        let batch = requests_batch(&rows).map_err(|source| OtlpError::Batch {
+            table: Table::Requests.name(),
+            source,
+        })?;
+        append(state, Table::Requests, batch).await?;
+        OtlpStats::add(&s.log_records_stored, rows.len());
+    }
+    Ok(ExportOutcome {
+        stored: rows.len(),
+        rejected,
+    })
+}
+
+async fn append(
+    state: &OtlpState,
+    table: Table,
+    batch: arrow::array::RecordBatch,
+) -> Result<(), OtlpError> {
+    match state.store.append(table, batch).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            if matches!(e, StoreError::Overloaded(..)) {
+                OtlpStats::add(&state.stats.requests_throttled, 1);
+            }
+            Err(e.into())
+        }
+    }
+}
