@@ -7,13 +7,13 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
+use meshscope_collector::Store;
 use meshscope_collector::envoy::push::EnvoyIngest;
 use meshscope_collector::envoy::scrape::Sources;
 use meshscope_collector::otlp::OtlpStats;
-use meshscope_collector::{Store, StoreError};
 use meshscope_schemas::Table;
 use serde::Deserialize;
 use serde_json::json;
@@ -70,36 +70,9 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     r.layer(DefaultBodyLimit::max(max_body_bytes))
 }
 
-/// A JSON error body `{"error": ..., "error_type": ...}` with a status code.
-pub fn error_response(
-    status: StatusCode,
-    error_type: &str,
-    msg: impl std::fmt::Display,
-) -> Response {
-    (
-        status,
-        Json(json!({"error": msg.to_string(), "error_type": error_type})),
-    )
-        .into_response()
-}
-
-/// How a storage error reaches an HTTP client: back-pressure is 429 with Retry-After.
-pub fn store_error_response(e: &StoreError) -> Response {
-    match e {
-        StoreError::Overloaded(_, retry) => {
-            let mut r = error_response(StatusCode::TOO_MANY_REQUESTS, "overloaded", e);
-            let secs = retry.as_secs().max(1).to_string();
-            if let Ok(v) = HeaderValue::from_str(&secs) {
-                r.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            r
-        }
-        StoreError::Schema(_) => error_response(StatusCode::BAD_REQUEST, "bad_data", e),
-        StoreError::Closed => error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
-        StoreError::ReadOnly => error_response(StatusCode::FORBIDDEN, "read_only", e),
-        _ => error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
-    }
-}
+pub use meshscope_collector::envoy::push::{
+    error as error_response, store_error as store_error_response,
+};
 
 async fn index() -> Html<&'static str> {
     Html(include_str!("../../ui/index.html"))

@@ -116,7 +116,8 @@ pub fn routes(state: Arc<EnvoyIngest>) -> Router {
         .with_state(state)
 }
 
-fn error(status: StatusCode, kind: &str, msg: impl std::fmt::Display) -> Response {
+/// A JSON error body `{"error": ..., "error_type": ...}` with a status code.
+pub fn error(status: StatusCode, kind: &str, msg: impl std::fmt::Display) -> Response {
     (
         status,
         Json(json!({"error": msg.to_string(), "error_type": kind})),
@@ -136,6 +137,7 @@ pub fn store_error(e: &StoreError) -> Response {
         }
         StoreError::Schema(_) => error(StatusCode::BAD_REQUEST, "bad_data", e),
         StoreError::Closed => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+        StoreError::ReadOnly => error(StatusCode::FORBIDDEN, "read_only", e),
         _ => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
     }
 }
