@@ -142,14 +142,9 @@ pub fn store_error(e: &StoreError) -> Response {
     }
 }
 
-fn body_text(body: &Bytes) -> Result<String, Response> {
-    String::from_utf8(body.to_vec()).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "bad_data",
-            format!("body is not UTF-8 (byte {})", e.utf8_error().valid_up_to()),
-        )
-    })
+fn body_text(body: &Bytes) -> Result<String, String> {
+    String::from_utf8(body.to_vec())
+        .map_err(|e| format!("body is not UTF-8 (byte {})", e.utf8_error().valid_up_to()))
 }
 
 async fn push_accesslog(
@@ -159,7 +154,7 @@ async fn push_accesslog(
 ) -> Response {
     let text = match body_text(&body) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, "bad_data", msg),
     };
     let proxy = p.identity();
     s.learn(&proxy);
@@ -220,7 +215,7 @@ async fn push_stats(
 ) -> Response {
     let text = match body_text(&body) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, "bad_data", msg),
     };
     let proxy = p.identity();
     s.learn(&proxy);

@@ -150,6 +150,9 @@ impl Target {
     }
 }
 
+/// The bytes a [`ValueClass::Token`] value never contains.
+pub(crate) const TOKEN_FORBIDDEN: [u8; 3] = [b' ', b'\t', b'"'];
+
 /// The characters a field value may contain; see [`Target::value_class`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ValueClass {
@@ -166,7 +169,7 @@ impl ValueClass {
     pub(crate) fn allows(self, b: u8) -> bool {
         match self {
             ValueClass::Numeric => b.is_ascii_digit() || b == b'-',
-            ValueClass::Token => !matches!(b, b' ' | b'\t' | b'"'),
+            ValueClass::Token => !TOKEN_FORBIDDEN.contains(&b),
             ValueClass::Text => true,
         }
     }

@@ -15,7 +15,7 @@ use serde::de::{self, Deserializer as _, MapAccess, SeqAccess, Visitor};
 
 use super::format::Target;
 use super::values::apply;
-use super::{ExtraField, LineError, Location, ParsedLine, snippet};
+use super::{LineError, Location, ParsedLine, Sink, snippet};
 
 /// The `RequestRow` column of a key of Istio's JSON format.
 pub fn target_of_key(key: &str) -> Target {
@@ -52,9 +52,13 @@ pub fn target_of_key(key: &str) -> Target {
 
 /// Parses one JSON access-log line.
 pub fn parse_json_line(line: &str) -> Result<ParsedLine, LineError> {
+    ParsedLine::fill(|sink| parse_json_into(line, sink))
+}
+
+pub(crate) fn parse_json_into(line: &str, sink: &mut Sink) -> Result<(), LineError> {
     let mut de = serde_json::Deserializer::from_str(line);
     let parsed = de
-        .deserialize_map(LineVisitor)
+        .deserialize_map(LineVisitor { sink })
         .and_then(|typed| de.end().map(|()| typed));
     match parsed {
         Ok(typed) => typed,
@@ -64,40 +68,38 @@ pub fn parse_json_line(line: &str) -> Result<ParsedLine, LineError> {
     }
 }
 
-/// Builds the row while serde walks the object, so values borrow from the line. The typing
+/// Fills the row while serde walks the object, so values borrow from the line. The typing
 /// result is nested inside serde's so that a bad value does not look like bad JSON.
-struct LineVisitor;
+struct LineVisitor<'s, 'r> {
+    sink: &'s mut Sink<'r>,
+}
 
-impl<'de> Visitor<'de> for LineVisitor {
-    type Value = Result<ParsedLine, LineError>;
+impl<'de> Visitor<'de> for LineVisitor<'_, '_> {
+    type Value = Result<(), LineError>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an Envoy JSON access-log object")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut out = ParsedLine::default();
         let mut first_error = None;
         while let Some(Key(key)) = map.next_key()? {
             let value: Scalar = map.next_value()?;
             if first_error.is_none() {
-                first_error = store(&mut out, &key, value).err();
+                first_error = store(self.sink, &key, value).err();
             }
         }
         Ok(match first_error {
             Some(e) => Err(e),
-            None => Ok(out),
+            None => Ok(()),
         })
     }
 }
 
-fn store(out: &mut ParsedLine, key: &str, value: Scalar) -> Result<(), LineError> {
+fn store(sink: &mut Sink, key: &str, value: Scalar) -> Result<(), LineError> {
     let target = target_of_key(key);
     if target == Target::Extra {
-        out.extra.push(ExtraField {
-            name: key.to_string(),
-            value: value.render().map(Cow::into_owned),
-        });
+        sink.push_extra(|| key.to_string(), value.render().as_deref());
         return Ok(());
     }
     let text = match &value {
@@ -106,7 +108,7 @@ fn store(out: &mut ParsedLine, key: &str, value: Scalar) -> Result<(), LineError
         _ => value.render(),
     };
     let result = match &text {
-        Some(t) => apply(out, target, t),
+        Some(t) => apply(sink, target, t),
         None => Err("a string or a number"),
     };
     result.map_err(|expected| LineError::Value {
@@ -222,6 +224,7 @@ impl<'de> Visitor<'de> for ScalarVisitor {
 
 #[cfg(test)]
 mod tests {
+    use super::super::ExtraField;
     use super::*;
 
     #[test]

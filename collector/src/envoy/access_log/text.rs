@@ -31,9 +31,9 @@
 //! Failed (field, position) pairs are remembered and the number of tries is capped, so a
 //! hostile line costs bounded time instead of exponential backtracking.
 
-use super::format::{AccessLogFormat, FieldSpec, Target, ValueClass};
+use super::format::{AccessLogFormat, FieldSpec, TOKEN_FORBIDDEN, Target, ValueClass};
 use super::values::apply;
-use super::{ExtraField, LineError, Location, ParsedLine, snippet};
+use super::{LineError, Location, ParsedLine, Sink, snippet};
 
 /// Lines longer than this are rejected before splitting (bounds the memo below).
 pub const MAX_LINE_BYTES: usize = 1 << 20;
@@ -57,15 +57,25 @@ pub(crate) struct Scratch {
 
 impl AccessLogFormat {
     /// Parses one line of this text format (a trailing `\n` or `\r\n` is ignored).
+    ///
+    /// Envoy does not escape text-format values, so a value may contain the text that
+    /// follows it; such lines are split by a documented rule: each field ends at the nearest
+    /// occurrence of its following literal that lets the rest of the line match, where known
+    /// operators' values may not contain what Envoy never puts in them (numbers are digits
+    /// or `-`; method, protocol, flags, addresses, cluster, request id, authority have no
+    /// space or `"`), and free-text values (path, user agent, X-Forwarded-For, failure
+    /// reasons, route name, unknown operators) may contain anything. If no split fits those
+    /// classes, the line is split again with every value free text. Details: `text.rs`.
     pub fn parse_text_line(&self, line: &str) -> Result<ParsedLine, LineError> {
-        self.parse_text_line_with(line, &mut Scratch::default())
+        ParsedLine::fill(|sink| self.parse_text_into(line, &mut Scratch::default(), sink))
     }
 
-    pub(crate) fn parse_text_line_with(
+    pub(crate) fn parse_text_into(
         &self,
         line: &str,
         scratch: &mut Scratch,
-    ) -> Result<ParsedLine, LineError> {
+        sink: &mut Sink,
+    ) -> Result<(), LineError> {
         let line = line.strip_suffix('\n').unwrap_or(line);
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line.len() > MAX_LINE_BYTES {
@@ -75,7 +85,7 @@ impl AccessLogFormat {
             });
         }
         self.split(line, scratch)?;
-        self.type_fields(line, &scratch.spans)
+        self.type_fields(line, &scratch.spans, sink)
     }
 
     /// Fills `scratch.spans` with each field's byte range in `line`.
@@ -124,22 +134,23 @@ impl AccessLogFormat {
         }
     }
 
-    fn type_fields(&self, line: &str, spans: &[(usize, usize)]) -> Result<ParsedLine, LineError> {
-        let mut out = ParsedLine::default();
+    fn type_fields(
+        &self,
+        line: &str,
+        spans: &[(usize, usize)],
+        sink: &mut Sink,
+    ) -> Result<(), LineError> {
         for (i, (f, &(start, end))) in self.fields.iter().zip(spans).enumerate() {
             // Spans always fall on char boundaries (see `Matcher`); `get` keeps that a
             // rejected line rather than a panic if it were ever wrong.
-            let v = line
-                .get(start..end)
-                .ok_or(LineError::Ambiguous { steps: 0 })?;
+            let Some(v) = line.get(start..end) else {
+                return Err(LineError::Ambiguous { steps: 0 });
+            };
             if f.target == Target::Extra {
-                out.extra.push(ExtraField {
-                    name: f.operator.clone(),
-                    value: super::values::nullable(v).map(str::to_string),
-                });
+                sink.push_extra(|| f.operator.clone(), super::values::nullable(v));
                 continue;
             }
-            apply(&mut out, f.target, v).map_err(|expected| LineError::Value {
+            apply(sink, f.target, v).map_err(|expected| LineError::Value {
                 at: Location::Field {
                     index: i + 1,
                     operator: f.operator.clone(),
@@ -149,7 +160,7 @@ impl AccessLogFormat {
                 expected,
             })?;
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -198,7 +209,7 @@ impl Matcher<'_> {
 
     fn last_field(&mut self, i: usize, start: usize, class: ValueClass, lit: &[u8]) -> bool {
         let len = self.line.len();
-        if len < start + lit.len() || !self.line.ends_with(lit) {
+        if len < start + lit.len() || !starts_with(&self.line[len - lit.len()..], lit) {
             return false;
         }
         let end = len - lit.len();
@@ -213,8 +224,11 @@ impl Matcher<'_> {
         let mut from = start;
         while let Some(q) = next_candidate(self.line, from, lit, class) {
             self.scratch.spans[i] = (start, q);
-            if self.field(i + 1, q + lit.len()) || self.steps > MAX_STEPS {
-                return self.steps <= MAX_STEPS;
+            if self.field(i + 1, q + lit.len()) {
+                return true;
+            }
+            if self.steps > MAX_STEPS {
+                return false;
             }
             // Taking the next occurrence puts this byte into the value.
             if !class.allows(self.line[q]) {
@@ -270,53 +284,91 @@ impl Matcher<'_> {
     }
 }
 
+/// `hay` starts with `lit`. Literals are a few bytes, so a plain loop beats a `memcmp` call.
+#[inline]
+fn starts_with(hay: &[u8], lit: &[u8]) -> bool {
+    hay.len() >= lit.len() && hay.iter().zip(lit).all(|(a, b)| a == b)
+}
+
 /// The first position `>= from` where `lit` (non-empty) matches, provided every byte of the
 /// value before it is allowed by `class`; the caller has checked the bytes before `from`.
 #[inline]
 fn next_candidate(line: &[u8], from: usize, lit: &[u8], class: ValueClass) -> Option<usize> {
     let first = lit[0];
     let hay = line.get(from..)?;
-    if class == ValueClass::Text {
-        let mut at = 0;
-        while let Some(n) = find_byte(first, &hay[at..]) {
-            let q = at + n;
-            if hay[q..].starts_with(lit) {
-                return Some(from + q);
+    match class {
+        ValueClass::Text => candidate_in(hay, lit, class, [first]).map(|q| from + q),
+        // A token ends at the literal or at its first forbidden byte, whichever comes first:
+        // both are found in one pass.
+        ValueClass::Token => {
+            let [ws, tab, quote] = TOKEN_FORBIDDEN;
+            candidate_in(hay, lit, class, [first, ws, tab, quote]).map(|q| from + q)
+        }
+        // Numbers are a few bytes: a plain loop.
+        ValueClass::Numeric => {
+            for (n, &b) in hay.iter().enumerate() {
+                if b == first && starts_with(&hay[n..], lit) {
+                    return Some(from + n);
+                }
+                if !class.allows(b) {
+                    return None;
+                }
             }
-            at = q + 1;
-        }
-        return None;
-    }
-    for (n, &b) in hay.iter().enumerate() {
-        if b == first && hay[n..].starts_with(lit) {
-            return Some(from + n);
-        }
-        if !class.allows(b) {
-            return None;
+            None
         }
     }
-    None
 }
 
-/// `memchr` without the dependency: word-at-a-time search for one byte.
+/// The first match of `lit` in `hay` such that no byte before it is forbidden by `class`.
+/// `stops` holds `lit[0]` and every byte `class` forbids, so only those are looked at.
 #[inline]
-fn find_byte(needle: u8, hay: &[u8]) -> Option<usize> {
+fn candidate_in<const N: usize>(
+    hay: &[u8],
+    lit: &[u8],
+    class: ValueClass,
+    stops: [u8; N],
+) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let q = at + find_any(&hay[at..], stops)?;
+        if starts_with(&hay[q..], lit) {
+            return Some(q);
+        }
+        if !class.allows(hay[q]) {
+            return None;
+        }
+        at = q + 1;
+    }
+}
+
+/// `memchr` for up to a few needles without the dependency: the index of the first byte of
+/// `hay` equal to one of `needles`, eight bytes a step (SWAR).
+#[inline]
+fn find_any<const N: usize>(hay: &[u8], needles: [u8; N]) -> Option<usize> {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
-    let pattern = LO.wrapping_mul(u64::from(needle));
+    let patterns = needles.map(|n| LO.wrapping_mul(u64::from(n)));
     let mut i = 0;
     while i + 8 <= hay.len() {
         let mut word = [0u8; 8];
         word.copy_from_slice(&hay[i..i + 8]);
-        let x = u64::from_le_bytes(word) ^ pattern;
-        // Non-zero iff some byte of x is zero, i.e. equals the needle.
-        let found = x.wrapping_sub(LO) & !x & HI;
+        let word = u64::from_le_bytes(word);
+        let mut found = 0;
+        for p in patterns {
+            // The lowest set high bit marks the first byte equal to the needle; higher ones
+            // may be false (borrows), which is why only the lowest is used.
+            let x = word ^ p;
+            found |= x.wrapping_sub(LO) & !x & HI;
+        }
         if found != 0 {
             return Some(i + (found.trailing_zeros() / 8) as usize);
         }
         i += 8;
     }
-    hay[i..].iter().position(|&b| b == needle).map(|n| i + n)
+    hay[i..]
+        .iter()
+        .position(|b| needles.contains(b))
+        .map(|n| i + n)
 }
 
 #[inline]
@@ -334,14 +386,17 @@ mod tests {
     }
 
     #[test]
-    fn find_byte_matches_position() {
+    fn find_any_finds_the_first_needle() {
         let hay = b"0123456789abcdef ghijklmnopqrstuvwxyz\"";
         for (i, &b) in hay.iter().enumerate() {
-            assert_eq!(find_byte(b, hay), Some(i));
+            assert_eq!(find_any(hay, [b]), Some(i));
+            assert_eq!(find_any(hay, [b'"', b, b'!']), Some(i));
         }
-        assert_eq!(find_byte(b'!', hay), None);
-        assert_eq!(find_byte(b'a', b""), None);
-        assert_eq!(find_byte(0x80, &[0x7f, 0x80]), Some(1));
+        assert_eq!(find_any(hay, [b'!']), None);
+        assert_eq!(find_any(b"", [b'a']), None);
+        assert_eq!(find_any(&[0x7f, 0x80], [0x80]), Some(1));
+        // A byte just above a match must not hide an earlier match of another needle.
+        assert_eq!(find_any(b"aaaaaaa\x01\x00bbbbbbb", [0, 1]), Some(7));
     }
 
     #[test]

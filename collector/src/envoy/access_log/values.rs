@@ -3,7 +3,7 @@
 
 use meshscope_schemas::TraceId;
 
-use super::ParsedLine;
+use super::Sink;
 use super::format::Target;
 
 /// Envoy prints `-` for a value that is not set.
@@ -36,15 +36,15 @@ pub(crate) fn int<T: std::str::FromStr>(v: &str) -> Result<Option<T>, Expected> 
         .map_err(|_| "a number small enough for its column")
 }
 
-/// Stores one textual value (as it appears in a text line or a JSON string) into `out`.
+/// Stores one textual value (as it appears in a text line or a JSON string) into `sink`.
 /// `Target::Extra` is the caller's business: it knows the field's name.
-pub(crate) fn apply(out: &mut ParsedLine, target: Target, v: &str) -> Result<(), Expected> {
-    let row = &mut out.row;
+pub(crate) fn apply(sink: &mut Sink, target: Target, v: &str) -> Result<(), Expected> {
+    let row = &mut *sink.row;
     match target {
         Target::StartTime => {
             if let Some(v) = nullable(v) {
                 row.start_time_unix_nano = parse_time(v).ok_or(A_TIME)?;
-                out.has_start_time = true;
+                sink.has_start_time = true;
             }
         }
         Target::Method => row.method = opt_string(v),
@@ -97,15 +97,16 @@ pub fn trace_id_from_traceparent(v: &str) -> Option<TraceId> {
     if b.len() < 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
         return None;
     }
-    let version = (hex_val(b[0])? << 4) | hex_val(b[1])?;
-    if version == 0xff || (version == 0 && b.len() != 55) || (b.len() > 55 && b[55] != b'-') {
+    let hex = |range: std::ops::Range<usize>| b[range].iter().all(u8::is_ascii_hexdigit);
+    if !hex(0..2) || !hex(36..52) || !hex(53..55) {
         return None;
     }
-    if !b[36..52]
-        .iter()
-        .chain(&b[53..55])
-        .all(|&c| hex_val(c).is_some())
-    {
+    let version = v.get(0..2)?;
+    let extended = b.len() > 55;
+    if version.eq_ignore_ascii_case("ff") || (version == "00" && extended) {
+        return None;
+    }
+    if extended && b[55] != b'-' {
         return None;
     }
     trace_id_from_hex(v.get(3..35)?)
@@ -113,25 +114,12 @@ pub fn trace_id_from_traceparent(v: &str) -> Option<TraceId> {
 
 /// A 32-hex-digit trace id, as `%TRACE_ID%` prints it; `None` otherwise or if all zeros.
 pub fn trace_id_from_hex(v: &str) -> Option<TraceId> {
-    let b = v.as_bytes();
-    if b.len() != 32 {
+    // `from_hex` would trim and left-pad shorter ids (Jaeger style); here all 32 bytes must
+    // be hex digits.
+    if v.len() != 32 || !v.bytes().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
-    let mut out = [0u8; 16];
-    for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
-        *o = (hex_val(pair[0])? << 4) | hex_val(pair[1])?;
-    }
-    (out != [0; 16]).then_some(TraceId(out))
-}
-
-#[inline]
-fn hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
+    TraceId::from_hex(v).ok().filter(|t| t.0 != [0; 16])
 }
 
 /// Unix nanoseconds of an access-log time. Accepts what Envoy's `%START_TIME%` prints by
@@ -355,6 +343,11 @@ mod tests {
         }
         assert!(trace_id_from_hex("4bf92f3577b34da6a3ce929d0e0e4736").is_some());
         assert_eq!(trace_id_from_hex("4bf92f35"), None);
+        assert_eq!(trace_id_from_hex(" 4bf92f3577b34da6a3ce929d0e0e473"), None);
+        assert_eq!(
+            trace_id_from_traceparent("00- 4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01"),
+            None
+        );
     }
 
     #[test]
