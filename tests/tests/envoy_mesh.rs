@@ -196,8 +196,69 @@ fn collector_stores_a_real_envoy_mesh_exactly() {
     let v = push_log(&server, &mesh.server);
     assert_eq!(v["stored"].as_u64(), Some(ok as u64), "{v}");
 
+    // 10k garbage lines mixed into the real ones (replayed as another proxy): every valid line
+    // stored, every bad one reported by its line number.
+    {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut body = Vec::new();
+        let mut garbage_at = Vec::new();
+        let mut real = client_lines.iter();
+        let mut next_real = real.next();
+        while next_real.is_some() || garbage_at.len() < 10_000 {
+            let garbage_turn = garbage_at.len() < 10_000
+                && (next_real.is_none() || rng.random_ratio(10_000, 10_060));
+            if garbage_turn {
+                let len = rng.random_range(1..200);
+                let line: String = match rng.random_range(0..4) {
+                    0 => (0..len).map(|_| rng.random_range(' '..='~')).collect(),
+                    1 => (0..len)
+                        .map(|_| rng.random_range('\u{a0}'..='\u{2fff}'))
+                        .collect(),
+                    2 => format!("{{\"response_code\": \"x{len}\""),
+                    _ => format!(
+                        "[2026-11-26T01:02:03.456Z] \"GET /x HTTP/1.1\" abc{len} - via_upstream"
+                    ),
+                };
+                body.push(line);
+                garbage_at.push(body.len() as u64);
+            } else if let Some(l) = next_real {
+                body.push(l.clone());
+                next_real = real.next();
+            }
+        }
+        let path = format!(
+            "/api/v1/ingest/accesslog?pod=replay-proxy&namespace=default&ip=127.0.{base}.99"
+        );
+        let (status, v) = server.post_text(&path, &body.join("\n"));
+        assert_eq!(status, 200);
+        assert_eq!(v["stored"].as_u64(), Some(60));
+        let rejected: Vec<u64> = v["rejected"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["line"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            rejected, garbage_at,
+            "each garbage line reported by number, and only those"
+        );
+        let n = server.sql("SELECT count(*) AS n FROM requests WHERE proxy = 'replay-proxy'");
+        assert_eq!(n[0]["n"].as_u64(), Some(60));
+        let (_, metrics) = server.get_json("/metrics");
+        let metrics = metrics.as_str().unwrap_or_default().to_string();
+        assert!(
+            metrics
+                .contains("meshscope_receiver_rejected_total{receiver=\"accesslog_push\"} 10000"),
+            "{metrics}"
+        );
+    }
+
     // every line exactly once, per proxy
-    let per_proxy = server.sql("SELECT proxy, reporter, count(*) AS n, count(DISTINCT request_id) AS ids FROM requests GROUP BY 1, 2 ORDER BY 1");
+    let per_proxy = server.sql(
+        "SELECT proxy, reporter, count(*) AS n, count(DISTINCT request_id) AS ids FROM requests \
+         WHERE proxy <> 'replay-proxy' GROUP BY 1, 2 ORDER BY 1",
+    );
     assert_eq!(
         per_proxy,
         vec![
@@ -214,7 +275,7 @@ fn collector_stores_a_real_envoy_mesh_exactly() {
     let row = server.sql(&format!(
         "SELECT method, path, protocol, response_code, response_flags, response_code_details, bytes_sent, upstream_cluster, \
          destination_service, destination_service_name, destination_namespace, destination_port, source_workload, source_app, \
-         user_agent, authority, route_name FROM requests WHERE request_id = '{rid}'"
+         user_agent, authority, route_name FROM requests WHERE request_id = '{rid}' AND proxy <> 'replay-proxy'"
     ));
     assert_eq!(
         row,
@@ -242,7 +303,7 @@ fn collector_stores_a_real_envoy_mesh_exactly() {
             "cluster.outbound|8000||httpbin.default.svc.cluster.local.upstream_rq_pending_overflow",
         )
         .unwrap();
-    let uo = server.sql("SELECT count(*) AS n FROM requests WHERE response_flags = 'UO'")[0]["n"]
+    let uo = server.sql("SELECT count(*) AS n FROM requests WHERE response_flags = 'UO' AND proxy <> 'replay-proxy'")[0]["n"]
         .as_u64()
         .unwrap();
     assert_eq!(uo, overflow);
