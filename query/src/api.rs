@@ -71,7 +71,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
 }
 
 pub use meshscope_collector::envoy::push::{
-    error as error_response, store_error as store_error_response,
+    error as error_response, ingest_response, store_error as store_error_response,
 };
 
 async fn index() -> Html<&'static str> {
@@ -279,14 +279,5 @@ async fn ingest_rows(
         },
         None => 0,
     };
-    let status = if stored == 0 && !rejected.is_empty() {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
-    };
-    (
-        status,
-        Json(json!({"stored": stored, "rejected": rejected})),
-    )
-        .into_response()
+    ingest_response(stored, &rejected)
 }

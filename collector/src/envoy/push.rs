@@ -142,6 +142,21 @@ pub fn store_error(e: &StoreError) -> Response {
     }
 }
 
+/// The answer of every ingest endpoint: rows stored and the rejected lines; 400 when
+/// nothing could be stored.
+pub fn ingest_response<T: Serialize>(stored: usize, rejected: &[T]) -> Response {
+    let status = if stored == 0 && !rejected.is_empty() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        Json(json!({"stored": stored, "rejected": rejected})),
+    )
+        .into_response()
+}
+
 fn body_text(body: &Bytes) -> Result<String, String> {
     String::from_utf8(body.to_vec())
         .map_err(|e| format!("body is not UTF-8 (byte {})", e.utf8_error().valid_up_to()))
@@ -196,16 +211,7 @@ async fn push_accesslog(
             reason: r.reason,
         })
         .collect();
-    let status = if stored == 0 && !rejected.is_empty() {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
-    };
-    (
-        status,
-        Json(json!({"stored": stored, "rejected": rejected})),
-    )
-        .into_response()
+    ingest_response(stored, &rejected)
 }
 
 async fn push_stats(
@@ -220,18 +226,7 @@ async fn push_stats(
     let proxy = p.identity();
     s.learn(&proxy);
     match store_stats(&s, &text, &proxy).await {
-        Ok((stored, rejected)) => {
-            let status = if stored == 0 && !rejected.is_empty() {
-                StatusCode::BAD_REQUEST
-            } else {
-                StatusCode::OK
-            };
-            (
-                status,
-                Json(json!({"stored": stored, "rejected": rejected})),
-            )
-                .into_response()
-        }
+        Ok((stored, rejected)) => ingest_response(stored, &rejected),
         Err(e) => store_error(&e),
     }
 }
