@@ -49,6 +49,8 @@ pub struct AppState {
     pub ingest: Option<Arc<EnvoyIngest>>,
     pub otlp: Option<Arc<OtlpStats>>,
     pub sources: Sources,
+    /// The service graph (query roles).
+    pub graph: Option<crate::graph::api::GraphState>,
 }
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
@@ -63,7 +65,11 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         r = r.route("/api/v1/ingest/rows/{table}", post(ingest_rows));
     }
     let push = state.ingest.clone();
+    let graph = state.graph.clone();
     let mut r = r.with_state(Arc::new(state));
+    if let Some(g) = graph {
+        r = r.merge(crate::graph::api::routes(g));
+    }
     if let Some(ingest) = push {
         r = r.merge(meshscope_collector::envoy::push::routes(ingest));
     }
@@ -89,6 +95,7 @@ async fn status(State(s): State<Arc<AppState>>) -> Response {
         "storage": s.store.status(),
         "sources": sources,
         "otlp": s.otlp.as_ref().map(|o| o.snapshot()),
+        "rollups": s.graph.as_ref().map(|g| g.rollups.status()),
     }))
     .into_response()
 }

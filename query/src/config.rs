@@ -157,6 +157,24 @@ pub struct ServerOpts {
     #[arg(long, env = "MESHSCOPE_ACCESS_LOG_FORMAT", value_name = "FORMAT")]
     pub access_log_format: Option<String>,
 
+    /// Width of one service-graph rollup bucket (divides a minute: 1s…60s). Graph windows
+    /// are rounded out to whole buckets.
+    #[arg(long, env = "MESHSCOPE_ROLLUP_RESOLUTION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub rollup_resolution: Duration,
+
+    /// How far back the service-graph rollups reach (they are rebuilt from stored rows at start).
+    #[arg(long, env = "MESHSCOPE_ROLLUP_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub rollup_retention: Duration,
+
+    /// Health thresholds in percent of requests, `5xx=<degraded>:<failure>,4xx=<degraded>:<failure>`
+    /// (Kiali's defaults: any 5xx degraded, 10% failure; 4xx 10% degraded, 20% failure).
+    #[arg(
+        long,
+        env = "MESHSCOPE_HEALTH_THRESHOLDS",
+        default_value = "5xx=0:10,4xx=10:20"
+    )]
+    pub health_thresholds: String,
+
     /// Log filter (tracing EnvFilter syntax), e.g. info or meshscope=debug.
     #[arg(long, env = "MESHSCOPE_LOG", default_value = "info")]
     pub log: String,
@@ -226,6 +244,8 @@ pub struct ServerConfig {
     pub otlp_http_addr: SocketAddr,
     pub sql: SqlLimits,
     pub max_body_bytes: usize,
+    pub rollups: crate::rollup::RollupConfig,
+    pub health: crate::graph::HealthConfig,
     pub log: String,
 }
 
@@ -319,6 +339,20 @@ impl ServerOpts {
         {
             return bad(format!("--access-log-format: {e}"));
         }
+        let res = self.rollup_resolution.as_secs();
+        if self.rollup_resolution.subsec_nanos() != 0 || res == 0 || 60 % res != 0 {
+            return bad(format!(
+                "--rollup-resolution {}: must be whole seconds dividing a minute (1s, 5s, 10s, 15s, 30s, 60s…)",
+                humantime::format_duration(self.rollup_resolution)
+            ));
+        }
+        if self.rollup_retention < Duration::from_secs(60) {
+            return bad("--rollup-retention must be at least 1m".into());
+        }
+        let health = match crate::graph::HealthConfig::parse(&self.health_thresholds) {
+            Ok(h) => h,
+            Err(e) => return bad(format!("--health-thresholds: {e}")),
+        };
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return bad(format!("--log {:?}: {e}", self.log));
         }
@@ -351,6 +385,11 @@ impl ServerOpts {
                 max_rows: self.sql_max_rows,
             },
             max_body_bytes: self.max_body_mb << 20,
+            rollups: crate::rollup::RollupConfig {
+                resolution: self.rollup_resolution,
+                retention: self.rollup_retention,
+            },
+            health,
             log: self.log.clone(),
         })
     }

@@ -4,7 +4,9 @@
 pub mod api;
 pub mod bench;
 pub mod config;
+pub mod graph;
 pub mod ingest;
 pub mod provider;
+pub mod rollup;
 pub mod server;
 pub mod sql;

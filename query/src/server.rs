@@ -15,6 +15,7 @@ use meshscope_collector::otlp::{OtlpLimits, OtlpState};
 
 use crate::api::{AppState, Role, router};
 use crate::config::ServerConfig;
+use crate::rollup::Rollups;
 use crate::sql::QueryEngine;
 
 pub fn init_logging(filter: &str) {
@@ -57,7 +58,11 @@ pub async fn run(
     cfg: ServerConfig,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store = Store::open(cfg.store.clone()).await.with_context(|| {
+    // The service graph's rollups see every batch that enters the store (query roles).
+    let rollups = (role != Role::Collector).then(|| Rollups::start(cfg.rollups));
+    let mut store_cfg = cfg.store.clone();
+    store_cfg.observer = rollups.as_ref().map(|r| r.observer());
+    let store = Store::open(store_cfg).await.with_context(|| {
         format!(
             "opening storage at {} (WAL {})",
             cfg.store.location,
@@ -69,6 +74,10 @@ pub async fn run(
     } else {
         Some(QueryEngine::new(store.clone())?)
     };
+    if let Some(r) = &rollups {
+        let (r, s) = (r.clone(), store.clone());
+        tokio::spawn(async move { r.load_existing(&s).await });
+    }
     let collecting = role != Role::Query;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -132,6 +141,10 @@ pub async fn run(
         ingest,
         otlp: otlp_stats,
         sources,
+        graph: rollups.map(|rollups| crate::graph::api::GraphState {
+            rollups,
+            health: cfg.health,
+        }),
     };
     let app = router(state, cfg.max_body_bytes);
     let listener = TcpListener::bind(cfg.api_addr)
