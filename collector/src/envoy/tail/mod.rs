@@ -656,7 +656,14 @@ pub fn write_metrics(sources: &Sources, out: &mut String) {
         "# HELP meshscope_access_log_files Access-log files followed.\n# TYPE meshscope_access_log_files gauge\nmeshscope_access_log_files {}",
         files.len()
     );
-    let series: [(&str, &str, &str, fn(&FileProgress) -> u64); 4] = [
+    // (name, type, help, value)
+    type Series = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&FileProgress) -> u64,
+    );
+    let series: [Series; 4] = [
         (
             "meshscope_access_log_file_offset_bytes",
             "gauge",
