@@ -177,7 +177,11 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     );
     let mut recv = Vec::new();
     if let Some(i) = &s.ingest {
-        for (name, c) in [("accesslog_push", &i.accesslog), ("stats", &i.stats)] {
+        for (name, c) in [
+            ("accesslog_push", &i.accesslog),
+            ("accesslog_files", &i.accesslog_files),
+            ("stats", &i.stats),
+        ] {
             use std::sync::atomic::Ordering::Relaxed;
             recv.push((
                 name,
@@ -216,6 +220,9 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
                 })
                 .collect(),
         );
+    }
+    if s.ingest.is_some() {
+        meshscope_collector::envoy::tail::write_metrics(&s.sources, &mut out);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

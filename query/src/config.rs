@@ -175,6 +175,21 @@ pub struct ServerOpts {
     )]
     pub health_thresholds: String,
 
+    /// Envoy access-log files to tail, as a glob, e.g.
+    /// '/var/log/containers/*_istio-proxy-*.log'; repeatable, or comma-separated in the env
+    /// variable. Files are followed through rotation and truncation, and a checkpoint in
+    /// <data-dir>/checkpoints/ lets a restart go on where it stopped. A file seen for the
+    /// first time is read from its beginning. Lines may be Istio text (--access-log-format)
+    /// or JSON, bare or wrapped by CRI or Docker; pod, namespace and container come from
+    /// /var/log/containers/<pod>_<namespace>_<container>-<id>.log names.
+    #[arg(
+        long = "access-log",
+        env = "MESHSCOPE_ACCESS_LOG",
+        value_delimiter = ',',
+        value_name = "GLOB"
+    )]
+    pub access_log: Vec<String>,
+
     /// Log filter (tracing EnvFilter syntax), e.g. info or meshscope=debug.
     #[arg(long, env = "MESHSCOPE_LOG", default_value = "info")]
     pub log: String,
@@ -239,6 +254,8 @@ pub struct ServerConfig {
     pub envoy_admin: Vec<String>,
     pub scrape_interval: Duration,
     pub access_log_format: String,
+    /// `--access-log` globs of files to tail.
+    pub access_log: Vec<String>,
     pub api_addr: SocketAddr,
     pub otlp_grpc_addr: SocketAddr,
     pub otlp_http_addr: SocketAddr,
@@ -353,6 +370,11 @@ impl ServerOpts {
             Ok(h) => h,
             Err(e) => return bad(format!("--health-thresholds: {e}")),
         };
+        for g in &self.access_log {
+            if let Err(e) = meshscope_collector::envoy::tail::validate_glob(g) {
+                return bad(format!("--access-log: {e}"));
+            }
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return bad(format!("--log {:?}: {e}", self.log));
         }
@@ -377,6 +399,7 @@ impl ServerOpts {
             envoy_admin: self.envoy_admin.clone(),
             scrape_interval: self.scrape_interval,
             access_log_format,
+            access_log: self.access_log.clone(),
             api_addr: self.api_addr,
             otlp_grpc_addr: self.otlp_grpc_addr,
             otlp_http_addr: self.otlp_http_addr,
@@ -538,6 +561,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown key \"no_such_option\""), "{err}");
+    }
+
+    #[test]
+    fn access_log_globs_from_flags_and_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("m.toml");
+        std::fs::write(
+            &f,
+            "access-log = [\"/var/log/containers/*istio-proxy*.log\", \"/tmp/envoy/*.log\"]\n",
+        )
+        .unwrap();
+        let f = f.to_string_lossy().to_string();
+        let cli = parse_from(args(&["collector", "--config", &f])).unwrap();
+        let Command::Collector(o) = cli.command else {
+            panic!()
+        };
+        let c = o.validate(false).unwrap();
+        assert_eq!(
+            c.access_log,
+            ["/var/log/containers/*istio-proxy*.log", "/tmp/envoy/*.log"]
+        );
+        let cli = parse_from(args(&[
+            "--access-log",
+            "/a/*.log",
+            "--access-log",
+            "/b/[.log",
+        ]))
+        .unwrap();
+        let Command::Serve(o) = cli.command else {
+            panic!()
+        };
+        let err = o.validate(false).unwrap_err().to_string();
+        assert!(
+            err.contains("--access-log") && err.contains("/b/[.log"),
+            "{err}"
+        );
     }
 
     #[test]

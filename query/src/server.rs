@@ -11,6 +11,7 @@ use tracing::info;
 use meshscope_collector::envoy::access_log::{AccessLogFormat, ProxyIdentity, derive_identity};
 use meshscope_collector::envoy::push::EnvoyIngest;
 use meshscope_collector::envoy::scrape::{Sources, spawn_scrapers};
+use meshscope_collector::envoy::tail::{TailConfig, spawn_tailer};
 use meshscope_collector::otlp::{OtlpLimits, OtlpState};
 
 use crate::api::{AppState, Role, router};
@@ -87,6 +88,7 @@ pub async fn run(
     let mut tasks = Vec::new();
     let mut ingest = None;
     let mut otlp_stats = None;
+    let mut tailer = None;
     if collecting {
         let format =
             AccessLogFormat::compile(&cfg.access_log_format).context("--access-log-format")?;
@@ -131,6 +133,15 @@ pub async fn run(
             sources.clone(),
             stop_rx.clone(),
         );
+        if !cfg.access_log.is_empty() {
+            let tail = TailConfig::new(cfg.access_log.clone(), &cfg.store);
+            tailer = Some(spawn_tailer(
+                envoy.clone(),
+                tail,
+                sources.clone(),
+                stop_rx.clone(),
+            ));
+        }
         ingest = Some(envoy);
     }
     let state = AppState {
@@ -165,6 +176,12 @@ pub async fn run(
             Err(e) => tracing::warn!(error = %e, "an OTLP receiver task failed"),
             Ok(Ok(())) => {}
         }
+    }
+    // The tailer finishes the chunk in hand and its checkpoint before the store closes.
+    if let Some(t) = tailer
+        && let Err(e) = t.await
+    {
+        tracing::warn!(error = %e, "the access-log tailer task failed");
     }
     info!("shutting down: flushing buffered rows");
     store.shutdown().await.context("flushing on shutdown")?;
