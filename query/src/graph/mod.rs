@@ -16,7 +16,8 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
 
 use crate::rollup::breaker::{
-    EJECTIONS_ACTIVE, EJECTIONS_ENFORCED, OVERFLOW_COUNTERS, PENDING_OVERFLOW, is_open_gauge,
+    CX_OVERFLOW, EJECTIONS_ACTIVE, EJECTIONS_ENFORCED, OVERFLOW_COUNTERS, PENDING_OVERFLOW,
+    is_open_gauge,
 };
 use crate::rollup::edges::{EdgeAgg, EdgeKey, Label, service_namespace};
 use crate::rollup::{LatencySketch, RollupState};
@@ -215,10 +216,12 @@ pub struct CodeFlags {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CircuitBreaker {
     pub tripped: bool,
-    /// Increase of upstream_rq_pending_overflow + upstream_cx_overflow +
+    /// Requests the breaker refused: the increase of upstream_rq_pending_overflow +
     /// upstream_rq_retry_overflow of the source proxies' clusters for the destination service.
     pub overflow: f64,
     pub pending_overflow: f64,
+    /// Connections the breaker refused (upstream_cx_overflow): the requests waited instead.
+    pub cx_overflow: f64,
     /// Requests answered `UO` (upstream overflow) in the access logs.
     pub uo_responses: u64,
     /// A `circuit_breakers.*_open` gauge was 1 in the window.
@@ -510,10 +513,11 @@ pub fn build(st: &RollupState, resolution_secs: i64, q: &GraphQuery) -> Graph {
         (
             k.get(Label::SourceWorkloadNamespace).to_string(),
             k.get(Label::SourceWorkload).to_string(),
-            k.get(Label::DestinationService).to_string(),
+            k.get(Label::DestinationServiceName).to_string(),
+            ns_of_service(k).unwrap_or("unknown").to_string(),
         )
     };
-    let dest_reported: HashSet<(String, String, String)> = window
+    let dest_reported: HashSet<(String, String, String, String)> = window
         .keys()
         .filter(|k| k.get(Label::Reporter) == "destination")
         .map(|k| pair(k))
@@ -596,7 +600,7 @@ pub fn build(st: &RollupState, resolution_secs: i64, q: &GraphQuery) -> Graph {
         let mut cb = breaker_for(st, &acc, q);
         cb.uo_responses = acc.flags.get("UO").copied().unwrap_or(0);
         cb.uh_responses = acc.flags.get("UH").copied().unwrap_or(0);
-        cb.tripped = cb.uo_responses > 0 || cb.overflow > 0.0 || cb.open;
+        cb.tripped = cb.uo_responses > 0 || cb.overflow > 0.0 || cb.cx_overflow > 0.0 || cb.open;
         let health = q.health.health(requests, acc.e5, acc.e4);
         if let Some(n) = nodes.get_mut(&t) {
             n.requests_in += requests;
@@ -725,7 +729,11 @@ fn breaker_for(st: &RollupState, acc: &Acc, q: &GraphQuery) -> CircuitBreaker {
                 series.samples.keys().next().copied().unwrap_or(q.from_ns),
             );
             let inc = series.increase(q.from_ns, q.to_ns, started);
-            cb.overflow += inc;
+            if m == CX_OVERFLOW {
+                cb.cx_overflow += inc;
+            } else {
+                cb.overflow += inc;
+            }
             if m == PENDING_OVERFLOW {
                 cb.pending_overflow += inc;
             }

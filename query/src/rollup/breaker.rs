@@ -16,6 +16,7 @@ pub const OVERFLOW_COUNTERS: [&str; 3] = [
     "envoy_cluster_upstream_rq_retry_overflow",
 ];
 pub const PENDING_OVERFLOW: &str = "envoy_cluster_upstream_rq_pending_overflow";
+pub const CX_OVERFLOW: &str = "envoy_cluster_upstream_cx_overflow";
 /// Outlier ejections actually enforced (a counter).
 pub const EJECTIONS_ENFORCED: &str = "envoy_cluster_outlier_detection_ejections_enforced_total";
 /// Hosts ejected right now (a gauge).
