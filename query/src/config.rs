@@ -230,6 +230,21 @@ pub struct BenchOpts {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum BenchWhat {
+    /// Service graph: latency of a one-hour graph over rollups of `rps` requests per second.
+    Graph {
+        /// Edge counts to run, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "50,10000")]
+        edges: Vec<usize>,
+        /// Requests per second across the mesh.
+        #[arg(long, default_value_t = 1000)]
+        rps: usize,
+        /// Minutes of traffic (the graph's window).
+        #[arg(long, default_value_t = 60)]
+        minutes: usize,
+        /// Graph builds to time.
+        #[arg(long, default_value_t = 20)]
+        iterations: usize,
+    },
     /// Storage: durable span appends per second, bytes per span on disk, trace lookup latency.
     Storage {
         /// Spans to store.

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod bench_graph;
 pub mod config;
 pub mod graph;
 pub mod ingest;

@@ -61,6 +61,12 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
                     batch,
                     dir,
                 } => meshscope_query::bench::storage(spans, writers, batch, dir).await,
+                BenchWhat::Graph {
+                    edges,
+                    rps,
+                    minutes,
+                    iterations,
+                } => meshscope_query::bench_graph::graph(&edges, rps, minutes, iterations),
             };
         }
     };
