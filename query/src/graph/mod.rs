@@ -498,6 +498,30 @@ pub fn build(st: &RollupState, resolution_secs: i64, q: &GraphQuery) -> Graph {
             window.entry(k).or_default().merge(a);
         }
     }
+    // Span-derived calls fill in pairs (caller service, destination service) that no access
+    // log covers in this window.
+    let logged: HashSet<(&str, &str)> = window
+        .keys()
+        .map(|k| {
+            (
+                k.get(Label::SourceCanonicalService),
+                k.get(Label::DestinationServiceName),
+            )
+        })
+        .collect();
+    let mut from_spans: HashMap<&EdgeKey, EdgeAgg> = HashMap::new();
+    for (_, bucket) in st.span_edges.range(b_from..b_to) {
+        for (k, a) in bucket {
+            let p = (
+                k.get(Label::SourceCanonicalService),
+                k.get(Label::DestinationServiceName),
+            );
+            if !logged.contains(&p) {
+                from_spans.entry(k).or_default().merge(a);
+            }
+        }
+    }
+    window.extend(from_spans);
     let mut idle_keys: Vec<&EdgeKey> = Vec::new();
     if q.include_idle {
         for bucket in st.edges.values() {

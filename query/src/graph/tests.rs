@@ -405,3 +405,74 @@ fn kiali_and_dot_shapes() {
     assert!(d.starts_with("digraph meshscope {"));
     assert!(d.contains("breaker tripped"));
 }
+
+#[test]
+fn client_server_span_pairs_fill_in_pairs_without_access_logs() {
+    use meshscope_schemas::ids::{SpanId, TraceId};
+    use meshscope_schemas::rows::{SpanRow, spans_batch};
+    let span =
+        |trace: u8, id: u8, parent: Option<u8>, service: &str, kind: &str, code: i32, ms: i64| {
+            SpanRow {
+                trace_id: TraceId::from_bytes(&[trace; 16]).unwrap(),
+                span_id: SpanId::from_bytes(&[id; 8]).unwrap(),
+                parent_span_id: parent.map(|p| SpanId::from_bytes(&[p; 8]).unwrap()),
+                start_time_unix_nano: T0 + 5 * S,
+                duration_ns: ms * 1_000_000,
+                service_name: service.into(),
+                name: "call".into(),
+                kind: kind.into(),
+                status_code: "unset".into(),
+                http_status_code: Some(code),
+                upstream_cluster: (kind == "client")
+                    .then(|| "outbound|9080||ratings.default.svc.cluster.local".to_string()),
+                ..Default::default()
+            }
+        };
+    let mut rows = Vec::new();
+    // 8 calls reviews → ratings seen by both sidecars; 2 more aborted at the client (FI)
+    for t in 1..=8u8 {
+        rows.push(span(t, 1, None, "reviews.default", "client", 200, 12));
+        rows.push(span(t, 2, Some(1), "ratings.default", "server", 200, 10));
+    }
+    for t in 9..=10u8 {
+        let mut c = span(t, 1, None, "reviews.default", "client", 503, 0);
+        c.response_flags = Some("FI".into());
+        rows.push(c);
+    }
+    // the server half of a pair may arrive before the client half
+    let (first, second) = rows.split_at(4);
+    let r = rollups(&[]);
+    r.fold(Table::Spans, &spans_batch(&second.to_vec()).unwrap());
+    r.fold(Table::Spans, &spans_batch(&first.to_vec()).unwrap());
+    r.settle_spans();
+    let mut q = query(GraphType::App);
+    q.inject_service_nodes = true;
+    let g = build(&r.read(), 60, &q);
+    let into = edge(&g, "app:default/reviews", "service:default/ratings");
+    assert_eq!((into.requests, into.errors), (10, 2));
+    assert_eq!(into.fault_injection.aborted, 2);
+    let to_wl = edge(&g, "service:default/ratings", "app:default/ratings");
+    assert_eq!(to_wl.requests, 8);
+    let near = |v: Option<f64>, want: f64| (v.unwrap() - want).abs() <= want * 0.005;
+    assert!(near(to_wl.latency_ms.p50, 10.0));
+    assert!(near(to_wl.latency_ms_by_reporter["source"].p50, 12.0));
+    // once access logs describe the pair, the spans stand aside
+    let logged = row(
+        "destination",
+        "reviews-v1",
+        Some(("ratings-v1", "v1")),
+        200,
+        None,
+        3,
+    );
+    let mut logged = logged;
+    logged.source_app = Some("reviews".into());
+    logged.source_service = Some("reviews".into());
+    logged.destination_service = Some("ratings.default.svc.cluster.local".into());
+    logged.destination_service_name = Some("ratings".into());
+    logged.destination_app = Some("ratings".into());
+    r.fold(Table::Requests, &requests_batch(&[logged]).unwrap());
+    let g = build(&r.read(), 60, &q);
+    let into = edge(&g, "app:default/reviews", "service:default/ratings");
+    assert_eq!(into.requests, 1);
+}

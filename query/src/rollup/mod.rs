@@ -15,6 +15,7 @@
 pub mod breaker;
 pub mod edges;
 pub mod sketch;
+pub mod spans;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -56,6 +57,9 @@ impl Default for RollupConfig {
 pub struct RollupState {
     /// bucket start (unix seconds) → label set → aggregate.
     pub edges: BTreeMap<i64, edges::Bucket>,
+    /// The same rollups from client/server span pairs (used where no access log covers a pair).
+    pub span_edges: BTreeMap<i64, edges::Bucket>,
+    pub spans: spans::SpanPairer,
     pub breaker: breaker::BreakerStore,
     pub interner: edges::Interner,
 }
@@ -94,9 +98,15 @@ impl Rollups {
             .name("meshscope-rollup".into())
             .spawn(move || {
                 let mut last_prune = Instant::now();
-                while let Ok((table, batch)) = rx.recv() {
-                    worker.fold(table, &batch);
-                    worker.done.fetch_add(1, Ordering::Release);
+                loop {
+                    match rx.recv_timeout(Duration::from_secs(1)) {
+                        Ok((table, batch)) => {
+                            worker.fold(table, &batch);
+                            worker.done.fetch_add(1, Ordering::Release);
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) => worker.settle_spans(false),
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
                     if last_prune.elapsed() > Duration::from_secs(30) {
                         worker.prune(now_secs());
                         last_prune = Instant::now();
@@ -115,9 +125,6 @@ impl Rollups {
         let tx = std::sync::Mutex::new(self.tx.clone());
         let shared = self.shared.clone();
         Arc::new(move |table: Table, batch: &RecordBatch| {
-            if table == Table::Spans {
-                return;
-            }
             shared.sent.fetch_add(1, Ordering::AcqRel);
             let tx = tx.lock().unwrap_or_else(|e| e.into_inner());
             if tx.send((table, batch.clone())).is_err() {
@@ -132,7 +139,7 @@ impl Rollups {
         let started = Instant::now();
         let oldest = now_secs() - self.shared.cfg.retention.as_secs() as i64;
         let mut files = 0usize;
-        for table in [Table::Requests, Table::StatSamples] {
+        for table in [Table::Requests, Table::StatSamples, Table::Spans] {
             for m in store.manifests_at_open(table) {
                 if m.hour + 3600 <= oldest {
                     continue;
@@ -152,6 +159,7 @@ impl Rollups {
                 }
             }
         }
+        self.shared.settle_spans(true);
         self.shared.loaded.store(true, Ordering::Release);
         info!(
             files,
@@ -195,10 +203,17 @@ impl Rollups {
             "buckets": st.edges.len(),
             "edge_label_sets": st.edges.values().map(|b| b.len()).sum::<usize>(),
             "breaker_series": st.breaker.len(),
+            "span_edge_label_sets": st.span_edges.values().map(|b| b.len()).sum::<usize>(),
+            "spans_waiting_for_their_pair": st.spans.pending(),
             "resolution_seconds": self.shared.cfg.resolution.as_secs(),
             "loaded": self.shared.loaded.load(Ordering::Relaxed),
             "pending_batches": self.shared.sent.load(Ordering::Relaxed).saturating_sub(self.shared.done.load(Ordering::Relaxed)),
         })
+    }
+
+    /// Settles every span still waiting for its other half (tests, benchmarks).
+    pub fn settle_spans(&self) {
+        self.shared.settle_spans(true);
     }
 
     /// Marks the start-up load done without loading (tests that feed rows by hand).
@@ -216,9 +231,15 @@ impl Shared {
         let n = match table {
             Table::Requests => edges::fold_requests(st, batch, res, oldest),
             Table::StatSamples => st.breaker.fold(batch, oldest),
-            Table::Spans => 0,
+            Table::Spans => spans::fold_spans(st, batch, res, oldest),
         };
         self.rows.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn settle_spans(&self, all: bool) {
+        let res = self.cfg.resolution.as_secs().max(1) as i64;
+        let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+        spans::settle(&mut st, res, Instant::now(), all);
     }
 
     fn prune(&self, now: i64) {
@@ -226,6 +247,8 @@ impl Shared {
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
         let keep = st.edges.split_off(&oldest);
         st.edges = keep;
+        let keep = st.span_edges.split_off(&oldest);
+        st.span_edges = keep;
         st.breaker.prune(oldest);
     }
 }
