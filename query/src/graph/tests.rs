@@ -442,8 +442,8 @@ fn client_server_span_pairs_fill_in_pairs_without_access_logs() {
     // the server half of a pair may arrive before the client half
     let (first, second) = rows.split_at(4);
     let r = rollups(&[]);
-    r.fold(Table::Spans, &spans_batch(&second.to_vec()).unwrap());
-    r.fold(Table::Spans, &spans_batch(&first.to_vec()).unwrap());
+    r.fold(Table::Spans, &spans_batch(second).unwrap());
+    r.fold(Table::Spans, &spans_batch(first).unwrap());
     r.settle_spans();
     let mut q = query(GraphType::App);
     q.inject_service_nodes = true;
