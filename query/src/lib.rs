@@ -4,6 +4,7 @@
 pub mod api;
 pub mod bench;
 pub mod config;
+pub mod demo;
 pub mod graph;
 pub mod ingest;
 pub mod provider;
