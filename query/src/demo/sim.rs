@@ -621,7 +621,8 @@ impl Simulator {
             .map(|((_, c), s)| (c, s))
             .collect();
         let serves = pod != GATEWAY && pod != FORTIO;
-        let families: [(&str, &str, &dyn Fn(&ClusterStats) -> u64); 5] = [
+        type Family<'a> = (&'a str, &'a str, &'a dyn Fn(&ClusterStats) -> u64);
+        let families: [Family; 5] = [
             ("envoy_cluster_upstream_rq_total", "counter", &|s| {
                 s.rq_total
             }),

@@ -25,8 +25,8 @@ fn identity(i: usize) -> ProxyIdentity {
 
 fn book() -> AddressBook {
     let mut b = AddressBook::new();
-    for i in 0..PODS.len() {
-        b.insert(PODS[i].ip, identity(i));
+    for (i, pod) in PODS.iter().enumerate() {
+        b.insert(pod.ip, identity(i));
     }
     b
 }
