@@ -113,6 +113,34 @@ pub struct Batch {
     pub entered: Vec<Slot>,
 }
 
+impl Batch {
+    /// One sidecar's record of a call: its access-log line and its span (CLIENT for the
+    /// caller's sidecar, SERVER for the callee's).
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &mut self,
+        pod: usize,
+        tr: &TraceCtx,
+        span_id: [u8; 8],
+        parent: [u8; 8],
+        client: bool,
+        e: &Entry,
+        duration_ns: i64,
+    ) {
+        self.lines.entry(pod).or_default().push(e.line());
+        let s = span(
+            tr.trace_id,
+            span_id,
+            parent,
+            client,
+            &PODS[pod],
+            e,
+            duration_ns,
+        );
+        self.spans.entry(pod).or_default().push(s);
+    }
+}
+
 /// One request's trace context: bookinfo propagates x-request-id and the trace headers.
 struct TraceCtx {
     trace_id: [u8; 16],
@@ -489,16 +517,7 @@ impl Simulator {
         if let Some((flag, details, bytes)) = local {
             let duration = self.ms(0.05, 0.5);
             let e = entry(start, 503, Some(flag), details, bytes, duration, None);
-            b.lines.entry(client).or_default().push(e.line());
-            b.spans.entry(client).or_default().push(span(
-                tr.trace_id,
-                client_span,
-                parent,
-                true,
-                &src,
-                &e,
-                duration,
-            ));
+            b.record(client, tr, client_span, parent, true, &e, duration);
             let edge = format!("{} -> {}", src.workload(), svc.name);
             let run = self.run(slot);
             *run.requests.entry(edge).or_default() += 1;
@@ -568,26 +587,8 @@ impl Simulator {
             .clone()
             .unwrap_or_else(|| src.ip.to_string());
         inb.requested_server_name = Some(svc.sni(subset));
-        b.lines.entry(client).or_default().push(out.line());
-        b.lines.entry(dst).or_default().push(inb.line());
-        b.spans.entry(client).or_default().push(span(
-            tr.trace_id,
-            client_span,
-            parent,
-            true,
-            &src,
-            &out,
-            client_ns,
-        ));
-        b.spans.entry(dst).or_default().push(span(
-            tr.trace_id,
-            server_span,
-            client_span,
-            false,
-            &dst_pod,
-            &inb,
-            server_ns,
-        ));
+        b.record(client, tr, client_span, parent, true, &out, client_ns);
+        b.record(dst, tr, server_span, client_span, false, &inb, server_ns);
         let edge = format!("{} -> {}", src.workload(), dst_pod.workload());
         let run = self.run(slot);
         *run.requests.entry(edge).or_default() += 1;
