@@ -51,7 +51,12 @@ pub struct AppState {
     pub sources: Sources,
     /// The service graph (query roles).
     pub graph: Option<crate::graph::api::GraphState>,
+    /// `meshscope demo`: the simulator's phase, shown as `demo` in `/api/v1/status`.
+    pub demo_status: Option<StatusHook>,
 }
+
+/// A section of `/api/v1/status` computed on each request.
+pub type StatusHook = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let mut r = Router::new()
@@ -96,6 +101,7 @@ async fn status(State(s): State<Arc<AppState>>) -> Response {
         "sources": sources,
         "otlp": s.otlp.as_ref().map(|o| o.snapshot()),
         "rollups": s.graph.as_ref().map(|g| g.rollups.status()),
+        "demo": s.demo_status.as_ref().map(|f| f()),
     }))
     .into_response()
 }

@@ -38,7 +38,7 @@ pub enum Command {
     /// Run only the query service, reading the storage a collector writes (read-only).
     Query(ServerOpts),
     /// Run `serve` with the built-in bookinfo traffic simulator.
-    Demo(ServerOpts),
+    Demo(DemoOpts),
     /// Run one read-only SQL query against a data directory and print a table.
     Sql(SqlOpts),
     /// Benchmarks that print throughput, size and latency figures.
@@ -193,6 +193,36 @@ pub struct ServerOpts {
     /// Log filter (tracing EnvFilter syntax), e.g. info or meshscope=debug.
     #[arg(long, env = "MESHSCOPE_LOG", default_value = "info")]
     pub log: String,
+}
+
+/// `demo`: every `serve` option plus the simulator's.
+#[derive(Debug, Clone, Args)]
+pub struct DemoOpts {
+    #[command(flatten)]
+    pub server: ServerOpts,
+
+    /// Time compression: phases last 60 s / speed (whole seconds, at least 1) and request
+    /// rates rise with it (bounded to about 200 requests per second in total).
+    #[arg(long, env = "MESHSCOPE_DEMO_SPEED", default_value_t = 1.0)]
+    pub speed: f64,
+
+    /// Seed of the simulator's decisions (arrivals, routing, status codes, durations); the
+    /// same seed gives the same requests. Default: a random seed, printed at start.
+    #[arg(long, env = "MESHSCOPE_DEMO_SEED")]
+    pub seed: Option<u64>,
+}
+
+impl DemoOpts {
+    /// Checks the simulator's options; the server options are checked by `ServerOpts::validate`.
+    pub fn validate_demo(&self) -> Result<(), ConfigError> {
+        if !(self.speed.is_finite() && self.speed > 0.0 && self.speed <= 1000.0) {
+            return Err(ConfigError::Invalid(format!(
+                "--speed must be above 0 and at most 1000, got {}",
+                self.speed
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -5,6 +5,7 @@ pub mod api;
 pub mod bench;
 pub mod bench_graph;
 pub mod config;
+pub mod demo;
 pub mod graph;
 pub mod ingest;
 pub mod provider;

@@ -52,12 +52,39 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// The addresses a server bound (port 0 becomes a real port).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub api: std::net::SocketAddr,
+    pub otlp_http: Option<std::net::SocketAddr>,
+    pub otlp_grpc: Option<std::net::SocketAddr>,
+}
+
+/// What a subcommand built on `serve` adds (`demo`): routes, a section of
+/// `/api/v1/status`, and word of the bound addresses once the API listens.
+#[derive(Default)]
+pub struct Extras {
+    pub routes: Option<axum::Router>,
+    pub demo_status: Option<crate::api::StatusHook>,
+    pub ready: Option<tokio::sync::oneshot::Sender<Bound>>,
+}
+
 /// A running server; `run` serves until `stop` resolves, then stops the receivers, flushes
 /// the buffer to Parquet and returns.
 pub async fn run(
     role: Role,
     cfg: ServerConfig,
     stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_with(role, cfg, stop, Extras::default()).await
+}
+
+/// `run` with [`Extras`].
+pub async fn run_with(
+    role: Role,
+    cfg: ServerConfig,
+    stop: impl Future<Output = ()> + Send + 'static,
+    extras: Extras,
 ) -> anyhow::Result<()> {
     // The service graph's rollups see every batch that enters the store (query roles).
     let rollups = (role != Role::Collector).then(|| Rollups::start(cfg.rollups));
@@ -89,6 +116,7 @@ pub async fn run(
     let mut ingest = None;
     let mut otlp_stats = None;
     let mut tailer = None;
+    let (mut otlp_http_addr, mut otlp_grpc_addr) = (None, None);
     if collecting {
         let format =
             AccessLogFormat::compile(&cfg.access_log_format).context("--access-log-format")?;
@@ -114,6 +142,8 @@ pub async fn run(
         let http = TcpListener::bind(cfg.otlp_http_addr)
             .await
             .with_context(|| format!("binding --otlp-http-addr {}", cfg.otlp_http_addr))?;
+        otlp_grpc_addr = Some(grpc.local_addr()?);
+        otlp_http_addr = Some(http.local_addr()?);
         println!("meshscope OTLP/gRPC on {}", grpc.local_addr()?);
         println!("meshscope OTLP/HTTP on http://{}/", http.local_addr()?);
         tasks.push(tokio::spawn(meshscope_collector::otlp::serve_grpc(
@@ -156,8 +186,12 @@ pub async fn run(
             rollups,
             health: cfg.health,
         }),
+        demo_status: extras.demo_status,
     };
-    let app = router(state, cfg.max_body_bytes);
+    let mut app = router(state, cfg.max_body_bytes);
+    if let Some(r) = extras.routes {
+        app = app.merge(r);
+    }
     let listener = TcpListener::bind(cfg.api_addr)
         .await
         .with_context(|| format!("binding --api-addr {}", cfg.api_addr))?;
@@ -165,6 +199,13 @@ pub async fn run(
     info!(role = role.as_str(), %addr, data = %cfg.store.location, "meshscope is serving");
     // A line tests and scripts can wait for.
     println!("meshscope {} listening on http://{addr}/", role.as_str());
+    if let Some(tx) = extras.ready {
+        let _ = tx.send(Bound {
+            api: addr,
+            otlp_http: otlp_http_addr,
+            otlp_grpc: otlp_grpc_addr,
+        });
+    }
     let api = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
     let api = tokio::spawn(async move { api.await });
     stop.await;
