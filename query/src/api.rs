@@ -71,9 +71,20 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     }
     let push = state.ingest.clone();
     let graph = state.graph.clone();
+    let prom = match (&state.graph, &state.engine) {
+        (Some(g), Some(e)) => Some(crate::prom::PromState {
+            rollups: g.rollups.clone(),
+            engine: e.clone(),
+            timeout: state.sql_limits.timeout,
+        }),
+        _ => None,
+    };
     let mut r = r.with_state(Arc::new(state));
     if let Some(g) = graph {
         r = r.merge(crate::graph::api::routes(g));
+    }
+    if let Some(p) = prom {
+        r = r.merge(crate::prom::routes(p));
     }
     if let Some(ingest) = push {
         r = r.merge(meshscope_collector::envoy::push::routes(ingest));

@@ -8,6 +8,7 @@ pub mod config;
 pub mod demo;
 pub mod graph;
 pub mod ingest;
+pub mod prom;
 pub mod provider;
 pub mod rollup;
 pub mod server;
