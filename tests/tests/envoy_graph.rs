@@ -403,3 +403,370 @@ fn service_graph_of_a_real_mesh_shows_the_canary_the_fault_and_the_breaker() {
     assert_eq!(status, 400);
     assert_eq!(bad["parameter"], "graph_type");
 }
+
+/// Where Istio's dashboards live: $ISTIO_DASHBOARDS, else the shared data next to the repo.
+fn dashboards_dir() -> std::path::PathBuf {
+    if let Ok(d) = std::env::var("ISTIO_DASHBOARDS") {
+        return d.into();
+    }
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for c in [
+        here.join("../../shared/data/istio-dashboards"),
+        std::path::PathBuf::from("/work/shared/data/istio-dashboards"),
+    ] {
+        if c.is_dir() {
+            return c;
+        }
+    }
+    panic!(
+        "Istio's dashboards are required: set ISTIO_DASHBOARDS to ../shared/data/istio-dashboards"
+    )
+}
+
+/// Every PromQL expression of Istio's three dashboards (panels and template variables),
+/// with the template variables filled in.
+fn dashboard_queries(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    match (k.as_str(), x) {
+                        ("expr", Value::String(s)) => out.push(s.clone()),
+                        ("query", Value::String(s)) if s.starts_with("query_result(") => {
+                            out.push(s["query_result(".len()..s.len() - 1].to_string())
+                        }
+                        ("query", Value::Object(q)) => {
+                            if let Some(Value::String(s)) = q.get("query")
+                                && s.starts_with("query_result(")
+                            {
+                                out.push(s["query_result(".len()..s.len() - 1].to_string());
+                            }
+                        }
+                        _ => walk(x, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(dashboards_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 3, "{files:?}");
+    for f in files {
+        let d: Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        let mut exprs = Vec::new();
+        walk(&d, &mut exprs);
+        for e in exprs {
+            let mut q = e;
+            // longest names first: $srcns before $srcn…
+            let mut vs = vars.to_vec();
+            vs.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
+            for (k, v) in vs {
+                q = q
+                    .replace(&format!("${{{k}}}"), v)
+                    .replace(&format!("${k}"), v);
+            }
+            out.push((f.file_name().unwrap().to_string_lossy().into_owned(), q));
+        }
+    }
+    out
+}
+
+/// Grafana's Prometheus datasource against the same real mesh: every Istio dashboard query
+/// evaluates, the numbers match the stored rows and Envoy's counters, and a real Prometheus
+/// API client reads query_range.
+#[test]
+fn prometheus_api_answers_istio_dashboards_from_a_real_mesh() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 2;
+    let server = meshscope_tests::Server::start(
+        "serve",
+        &dir.path().join("data"),
+        &[
+            "--envoy-admin",
+            &format!("http://127.0.16.1:15000"),
+            "--scrape-interval",
+            "300ms",
+            "--rollup-resolution",
+            "1s",
+        ],
+    );
+    let p = |n: u8, name: &str, app: &str| Pod {
+        ip: format!("127.0.16.{n}"),
+        name: name.into(),
+        namespace: "default".into(),
+        app: app.into(),
+        version: "v1".into(),
+    };
+    let (reviews, _a) = backend(
+        dir.path(),
+        p(2, "reviews-v1-545db77b95-aaaaa", "reviews"),
+        Duration::from_millis(3),
+    );
+    let (details, _b) = backend(
+        dir.path(),
+        p(3, "details-v1-5f4d584748-ddddd", "details"),
+        Duration::from_millis(30),
+    );
+    let productpage = SidecarSpec {
+        pod: p(1, "productpage-v1-6b746f74dc-eeeee", "productpage"),
+        admin_port: 15000,
+        outbound: vec![
+            Outbound {
+                listen_port: 19080,
+                service: "reviews.default.svc.cluster.local".into(),
+                port: 9080,
+                upstream: "127.0.16.2:15006".into(),
+                fault: Some(Fault {
+                    abort_percent: 20,
+                    abort_status: 503,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            Outbound {
+                listen_port: 19082,
+                service: "details.default.svc.cluster.local".into(),
+                port: 9080,
+                upstream: "127.0.16.3:15006".into(),
+                breaker: Some(Breaker {
+                    max_connections: 1,
+                    max_pending_requests: 1,
+                    max_requests: 1,
+                }),
+                ..Default::default()
+            },
+        ],
+        inbound: vec![],
+        otlp_grpc: None,
+        istio_stats_tags: true,
+    }
+    .start(dir.path());
+    // the pods' identities first, as a scrape of each admin would give them
+    for sc in [&productpage, &reviews, &details] {
+        push_log(&server, sc, &[]);
+    }
+    let fetch = |port: u16, host: &str, n: usize, c: usize| {
+        let url = format!("http://127.0.16.1:{port}/");
+        std::thread::scope(|s| {
+            for _ in 0..c {
+                let url = &url;
+                s.spawn(move || {
+                    let agent: ureq::Agent = ureq::Agent::config_builder()
+                        .http_status_as_error(false)
+                        .timeout_global(Some(Duration::from_secs(10)))
+                        .build()
+                        .into();
+                    for _ in 0..n / c {
+                        let _ = agent.get(url).header("host", host).call();
+                    }
+                });
+            }
+        });
+    };
+    fetch(19080, "reviews:9080", 120, 2);
+    fetch(19082, "details:9080", 60, 3);
+    let pp = poll("productpage's log", Duration::from_secs(10), || {
+        let l = productpage.access_log_lines();
+        (l.len() == 180).then_some(l)
+    });
+    push_log(&server, &productpage, &pp);
+    for sc in [&reviews, &details] {
+        let l = sc.access_log_lines();
+        push_log(&server, sc, &l);
+    }
+    let overflow = productpage
+        .stat(
+            "cluster.outbound|9080||details.default.svc.cluster.local.upstream_rq_pending_overflow",
+        )
+        .unwrap();
+    let prom = |path: &str| {
+        let (status, v) = server.get_json(path);
+        assert_eq!(status, 200, "{path}: {v}");
+        assert_eq!(v["status"], "success", "{path}: {v}");
+        v["data"].clone()
+    };
+    let enc = |q: &str| url::form_urlencoded::byte_serialize(q.as_bytes()).collect::<String>();
+    // the scraped breaker counter ends at Envoy's own
+    let q = enc(
+        "envoy_cluster_upstream_rq_pending_overflow{cluster_name=\"outbound|9080||details.default.svc.cluster.local\"}",
+    );
+    poll(
+        "the scraped overflow counter",
+        Duration::from_secs(15),
+        || {
+            let d = prom(&format!("/prometheus/api/v1/query?query={q}"));
+            let v = d["result"][0]["value"][1].as_str()?.parse::<f64>().ok()?;
+            (v as u64 == overflow).then_some(())
+        },
+    );
+    assert!(overflow > 0);
+
+    let end = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1;
+    // per destination: the increase over the whole run equals the stored rows
+    let range = end - started;
+    let q = enc(&format!(
+        "sum by (destination_service_name) (increase(istio_requests_total{{reporter=\"source\"}}[{range}s]))"
+    ));
+    let d = prom(&format!("/prometheus/api/v1/query?query={q}&time={end}"));
+    let stored = server.sql(
+        "SELECT destination_service_name AS s, count(*) AS n FROM requests WHERE reporter = 'source' GROUP BY 1 ORDER BY 1",
+    );
+    let mut got: Vec<(String, f64)> = d["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["metric"]["destination_service_name"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                r["value"][1].as_str().unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    let want: Vec<(String, f64)> = stored
+        .iter()
+        .map(|r| {
+            (
+                r["s"].as_str().unwrap().to_string(),
+                r["n"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    for ((gs, gv), (ws, wv)) in got.iter().zip(&want) {
+        assert_eq!(gs, ws);
+        if (gv - wv).abs() >= 1e-6 {
+            let q = enc(&format!(
+                "istio_requests_total{{reporter=\"source\",destination_service_name=\"{gs}\"}}[{range}s]"
+            ));
+            let raw = prom(&format!("/prometheus/api/v1/query?query={q}&time={end}"));
+            panic!("{gs}: {gv} vs {wv}; started {started} end {end}; series: {raw}");
+        }
+    }
+    // the error ratio the dashboards draw equals the stored response codes
+    let q = enc(&format!(
+        "sum(increase(istio_requests_total{{reporter=\"source\",destination_service_name=\"reviews\",response_code=~\"5.*\"}}[{range}s])) / sum(increase(istio_requests_total{{reporter=\"source\",destination_service_name=\"reviews\"}}[{range}s]))"
+    ));
+    let d = prom(&format!("/prometheus/api/v1/query?query={q}&time={end}"));
+    let ratio: f64 = d["result"][0]["value"][1]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bad = pp
+        .iter()
+        .filter(|l| l.contains("reviews") && l.contains(" 503 "))
+        .count() as f64;
+    assert!((ratio - bad / 120.0).abs() < 1e-9, "{ratio} vs {bad}/120");
+
+    // every expression of the three dashboards evaluates
+    let vars = [
+        ("qrep", "source|destination"),
+        ("namespace", "default"),
+        ("workload", "productpage-v1"),
+        ("service", "reviews.default.svc.cluster.local"),
+        ("srcns", "default"),
+        ("srcwl", "productpage-v1"),
+        ("dstns", "default"),
+        ("dstwl", "reviews-v1"),
+        ("dstsvc", "reviews.default.svc.cluster.local"),
+        ("srccluster", "Kubernetes"),
+        ("dstcluster", "Kubernetes"),
+        ("__rate_interval", "1m"),
+    ];
+    let queries = dashboard_queries(&vars);
+    assert!(queries.len() >= 150, "{}", queries.len());
+    let mut nonempty = 0;
+    let mut empty: Vec<String> = Vec::new();
+    for (file, q) in &queries {
+        assert!(!q.contains('$'), "{file}: unfilled variable in {q}");
+        let (status, v) = server.post_form(
+            "/prometheus/api/v1/query_range",
+            &[
+                ("query", q.as_str()),
+                ("start", &started.to_string()),
+                ("end", &end.to_string()),
+                ("step", "1"),
+            ],
+        );
+        assert_eq!(
+            (status, v["status"].as_str()),
+            (200, Some("success")),
+            "{file}: {q}: {v}"
+        );
+        if v["data"]["result"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+        {
+            nonempty += 1;
+        }
+    }
+    let _ = &empty;
+    assert!(
+        nonempty >= queries.len() / 3,
+        "only {nonempty} of {} dashboard queries have data; empty: {:#?}",
+        queries.len(),
+        &empty[..empty.len().min(8)]
+    );
+    // Grafana's "Save & test"
+    let (status, v) = server.post_form(
+        "/prometheus/api/v1/query",
+        &[("query", "1+1"), ("time", "4")],
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        v["data"],
+        serde_json::json!({"resultType": "scalar", "result": [4.0, "2"]})
+    );
+    let (status, v) = server.post_form("/prometheus/api/v1/query", &[("query", "rate(x[5m:1m])")]);
+    assert_eq!(
+        (status, v["errorType"].as_str()),
+        (400, Some("bad_data")),
+        "{v}"
+    );
+
+    // a real Prometheus API client reads query_range
+    let out = std::process::Command::new("python3")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("prom/client.py"))
+        .args([
+            &server.url("/prometheus"),
+            "sum by (destination_service_name) (rate(istio_requests_total{reporter=\"source\"}[1m]))",
+            &started.to_string(),
+            &end.to_string(),
+            "1",
+        ])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "prometheus-api-client failed (tests/run.sh installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let series: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let series = series.as_array().unwrap();
+    assert_eq!(series.len(), 2, "{series:?}");
+    assert!(
+        series
+            .iter()
+            .all(|s| s["values"].as_array().is_some_and(|v| v.len() >= 2)),
+        "{series:?}"
+    );
+}

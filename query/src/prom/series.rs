@@ -34,10 +34,11 @@ pub struct Series {
 impl Series {
     /// The value at `t` (ms): interpolated series at any time within their life; sampled
     /// series the last sample within `lookback`.
-    pub fn value_at(&self, t: i64, lookback_ms: i64, now_ms: i64) -> Option<f64> {
+    pub fn value_at(&self, t: i64, lookback_ms: i64, _now_ms: i64) -> Option<f64> {
         let first = self.points.first()?;
         if self.interpolated {
-            if t < first.0 || t > now_ms {
+            // a rollup counter exists from its first bucket on; past its last point it holds
+            if t < first.0 {
                 return None;
             }
             let i = self.points.partition_point(|p| p.0 <= t);
@@ -60,20 +61,16 @@ impl Series {
             let mut out = Vec::new();
             let start = self.points.first().map_or(i64::MAX, |p| p.0);
             let lo = from.max(start);
-            if lo > t.min(now_ms) {
+            if lo > t {
                 return out;
             }
             if let Some(v) = self.value_at(lo, 0, now_ms) {
                 out.push((lo, v));
             }
-            for p in self
-                .points
-                .iter()
-                .filter(|p| p.0 > lo && p.0 < t.min(now_ms))
-            {
+            for p in self.points.iter().filter(|p| p.0 > lo && p.0 < t) {
                 out.push(*p);
             }
-            let hi = t.min(now_ms);
+            let hi = t;
             if hi > lo
                 && let Some(v) = self.value_at(hi, 0, now_ms)
             {

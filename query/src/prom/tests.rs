@@ -20,7 +20,11 @@ fn rows() -> Vec<RequestRow> {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let dest = if i % 3 == 0 { "reviews" } else { "ratings" };
-        let code = if (x >> 40).is_multiple_of(10) { 503 } else { 200 };
+        let code = if (x >> 40).is_multiple_of(10) {
+            503
+        } else {
+            200
+        };
         out.push(RequestRow {
             start_time_unix_nano: (T0 + i / 6) * 1_000_000_000, // 5 minutes
             response_code: code,
