@@ -494,7 +494,7 @@ fn prometheus_api_answers_istio_dashboards_from_a_real_mesh() {
         &dir.path().join("data"),
         &[
             "--envoy-admin",
-            &format!("http://127.0.16.1:15000"),
+            "http://127.0.16.1:15000",
             "--scrape-interval",
             "300ms",
             "--rollup-resolution",
@@ -717,9 +717,10 @@ fn prometheus_api_answers_istio_dashboards_from_a_real_mesh() {
             .is_some_and(|r| !r.is_empty())
         {
             nonempty += 1;
+        } else {
+            empty.push(q.clone());
         }
     }
-    let _ = &empty;
     assert!(
         nonempty >= queries.len() / 3,
         "only {nonempty} of {} dashboard queries have data; empty: {:#?}",
