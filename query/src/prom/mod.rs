@@ -276,6 +276,35 @@ async fn query(
     })
 }
 
+/// A range query's matrix: the expression at every step from `start` to `end` (ms).
+pub fn eval_range(
+    ev: &Evaluator,
+    expr: &promql_parser::parser::Expr,
+    start: i64,
+    end: i64,
+    step: i64,
+) -> Result<BTreeMap<series::Labels, Vec<(i64, f64)>>, eval::EvalError> {
+    let mut out: BTreeMap<series::Labels, Vec<(i64, f64)>> = BTreeMap::new();
+    let mut t = start;
+    while t <= end {
+        match ev.eval(expr, t)? {
+            Value::Scalar(x) => out.entry(series::Labels::new()).or_default().push((t, x)),
+            Value::Vector(v) => {
+                for s in v {
+                    out.entry(s.labels).or_default().push((t, s.value));
+                }
+            }
+            _ => {
+                return Err(eval::EvalError(
+                    "range queries need a scalar or instant-vector expression".into(),
+                ));
+            }
+        }
+        t += step;
+    }
+    Ok(out)
+}
+
 /// Prometheus's limit on points per series.
 const MAX_POINTS: i64 = 11_000;
 
@@ -320,29 +349,7 @@ async fn query_range(
         Ok(e) => e,
         Err(r) => return r.into_response(),
     };
-    let work = tokio::task::spawn_blocking(
-        move || -> Result<BTreeMap<series::Labels, Vec<(i64, f64)>>, eval::EvalError> {
-            let mut out: BTreeMap<series::Labels, Vec<(i64, f64)>> = BTreeMap::new();
-            let mut t = start;
-            while t <= end {
-                match ev.eval(&expr, t)? {
-                    Value::Scalar(x) => out.entry(series::Labels::new()).or_default().push((t, x)),
-                    Value::Vector(v) => {
-                        for s in v {
-                            out.entry(s.labels).or_default().push((t, s.value));
-                        }
-                    }
-                    _ => {
-                        return Err(eval::EvalError(
-                            "range queries need a scalar or instant-vector expression".into(),
-                        ));
-                    }
-                }
-                t += step;
-            }
-            Ok(out)
-        },
-    );
+    let work = tokio::task::spawn_blocking(move || eval_range(&ev, &expr, start, end, step));
     let out = match tokio::time::timeout(s.timeout, work).await {
         Err(_) => {
             return fail("timeout", format!("query timed out after {:?}", s.timeout))

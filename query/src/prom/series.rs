@@ -7,7 +7,7 @@
 //! - Tempo's service-graph metrics from the span-pair rollups.
 //! - Envoy's own stats (`stat_samples`), sample by sample, as scraped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray};
@@ -67,8 +67,10 @@ impl Series {
             if let Some(v) = self.value_at(lo, 0, now_ms) {
                 out.push((lo, v));
             }
-            for p in self.points.iter().filter(|p| p.0 > lo && p.0 < t) {
-                out.push(*p);
+            let a = self.points.partition_point(|p| p.0 <= lo);
+            let b = self.points.partition_point(|p| p.0 < t);
+            if a < b {
+                out.extend_from_slice(&self.points[a..b]);
             }
             let hi = t;
             if hi > lo
@@ -78,11 +80,9 @@ impl Series {
             }
             return out;
         }
-        self.points
-            .iter()
-            .filter(|p| p.0 > from && p.0 <= t)
-            .copied()
-            .collect()
+        let a = self.points.partition_point(|p| p.0 <= from);
+        let b = self.points.partition_point(|p| p.0 <= t);
+        self.points[a..b.max(a)].to_vec()
     }
 }
 
@@ -338,56 +338,62 @@ pub fn rollup_series(
     let (parts, tcp_only) = plan(name, spans)?;
     let source = if spans { &st.span_edges } else { &st.edges };
     let failed_only = name == "traces_service_graph_request_failed_total";
-    // label set → (bucket → value per part)
-    let mut acc: BTreeMap<Labels, BTreeMap<i64, Vec<f64>>> = BTreeMap::new();
-    let mut label_cache: std::collections::HashMap<&EdgeKey, Option<Labels>> = Default::default();
+    // Label sets are built and matched once per (rollup key, part); buckets then only add
+    // numbers. Several rollup keys may give one label set (labels the series do not show).
+    let mut slots: Vec<Labels> = Vec::new();
+    let mut slot_of: HashMap<Labels, usize> = HashMap::new();
+    let mut key_slots: HashMap<&EdgeKey, Vec<Option<usize>>> = HashMap::new();
+    let mut acc: Vec<BTreeMap<i64, f64>> = Vec::new();
     for (bucket, b) in source {
         for (k, a) in b {
-            let labels = label_cache
-                .entry(k)
-                .or_insert_with(|| {
-                    let is_tcp = k.get(Label::RequestProtocol) == "tcp";
-                    // HTTP metrics leave TCP connections out; TCP byte counters take only them.
-                    if !spans && tcp_only != is_tcp {
-                        return None;
-                    }
-                    if failed_only {
+            let per_part = key_slots.entry(k).or_insert_with(|| {
+                let is_tcp = k.get(Label::RequestProtocol) == "tcp";
+                // HTTP metrics leave TCP connections out; TCP byte counters take only them.
+                let excluded = (!spans && tcp_only != is_tcp)
+                    || (failed_only && {
                         let code = k.response_code();
-                        if !(code >= 500 || code == 0) {
+                        !(code >= 500 || code == 0)
+                    });
+                let base = if excluded {
+                    None
+                } else if spans {
+                    span_labels(k, name)
+                } else {
+                    Some(istio_labels(k))
+                };
+                let Some(mut base) = base else {
+                    return vec![None; parts.len()];
+                };
+                base.insert("__name__".into(), name.to_string());
+                parts
+                    .iter()
+                    .map(|(le_label, _)| {
+                        let mut l = base.clone();
+                        if let Some(le) = le_label {
+                            l.insert("le".into(), le.clone());
+                        }
+                        if !matches(&l, matchers) {
                             return None;
                         }
-                    }
-                    let mut l = if spans {
-                        span_labels(k, name)?
-                    } else {
-                        istio_labels(k)
-                    };
-                    l.insert("__name__".into(), name.to_string());
-                    Some(l)
-                })
-                .clone();
-            let Some(labels) = labels else { continue };
-            for (le_label, ex) in &parts {
-                let mut l = labels.clone();
-                if let Some(le) = le_label {
-                    l.insert("le".into(), le.clone());
-                }
-                if !matches(&l, matchers) {
-                    continue;
-                }
-                let per = acc
-                    .entry(l)
-                    .or_default()
-                    .entry(*bucket)
-                    .or_insert_with(|| vec![0.0]);
+                        Some(*slot_of.entry(l.clone()).or_insert_with(|| {
+                            slots.push(l);
+                            acc.push(BTreeMap::new());
+                            slots.len() - 1
+                        }))
+                    })
+                    .collect()
+            });
+            for ((_, ex), slot) in parts.iter().zip(per_part.iter()) {
+                let Some(slot) = slot else { continue };
                 let mut v = extract(a, *ex);
                 if spans && ex_is_seconds(name, ex) {
                     v /= 1000.0;
                 }
-                per[0] += v;
+                *acc[*slot].entry(*bucket).or_default() += v;
             }
         }
     }
+    let acc: Vec<(Labels, BTreeMap<i64, f64>)> = slots.into_iter().zip(acc).collect();
     let res_ms = res_secs * 1000;
     Some(
         acc.into_iter()
@@ -400,7 +406,7 @@ pub fn rollup_series(
                     if start != last_end {
                         points.push((start, cum));
                     }
-                    cum += v[0];
+                    cum += v;
                     points.push((start + res_ms, cum));
                     last_end = start + res_ms;
                 }
