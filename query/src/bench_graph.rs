@@ -190,7 +190,7 @@ fn run_one(edges: usize, rps: usize, minutes: usize, iterations: usize) -> anyho
             };
             let out = crate::prom::eval_range(&ev, &expr, start * 1000, now * 1000, 15_000)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let _ = serde_json::to_vec(&out.iter().map(|(l, p)| (l, p)).collect::<Vec<_>>())?;
+            let _ = serde_json::to_vec(&out.iter().collect::<Vec<_>>())?;
             times.push(t.elapsed());
             points = out.values().map(Vec::len).sum();
         }
