@@ -142,6 +142,24 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         one(st.wal_commits as f64),
     );
     metric(
+        "meshscope_wal_commit_seconds",
+        "summary",
+        "Time spent writing and fsyncing WAL group commits (the ack latency floor).",
+        vec![
+            ("_sum".into(), st.wal_commit_seconds),
+            ("_count".into(), st.wal_commits as f64),
+        ],
+    );
+    metric(
+        "meshscope_flush_seconds",
+        "summary",
+        "Time spent flushing the buffer to Parquet.",
+        vec![
+            ("_sum".into(), st.flush_seconds),
+            ("_count".into(), st.flushes as f64),
+        ],
+    );
+    metric(
         "meshscope_flushes_total",
         "counter",
         "Buffer flushes to Parquet.",

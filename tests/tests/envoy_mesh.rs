@@ -253,6 +253,25 @@ fn collector_stores_a_real_envoy_mesh_exactly() {
                 .contains("meshscope_receiver_rejected_total{receiver=\"accesslog_push\"} 10000"),
             "{metrics}"
         );
+        // WAL commit latency: a count of commits and the time they took
+        let sample = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        assert!(
+            sample("meshscope_wal_commit_seconds_count").is_some_and(|n| n >= 2.0),
+            "{metrics}"
+        );
+        assert!(
+            sample("meshscope_wal_commit_seconds_sum").is_some_and(|s| s > 0.0),
+            "{metrics}"
+        );
+        assert!(
+            sample("meshscope_flush_seconds_count").is_some(),
+            "{metrics}"
+        );
     }
 
     // every line exactly once, per proxy

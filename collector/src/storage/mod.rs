@@ -171,7 +171,11 @@ pub struct Quarantined {
 pub struct StoreStats {
     pub appended_rows: AtomicU64,
     pub wal_commits: AtomicU64,
+    /// Time spent writing and fsyncing WAL group commits, nanoseconds.
+    pub wal_commit_nanos: AtomicU64,
     pub wal_bytes: AtomicU64,
+    /// Time spent in flushes (buffer → Parquet + manifests), nanoseconds.
+    pub flush_nanos: AtomicU64,
     pub flushes: AtomicU64,
     pub files_written: AtomicU64,
     pub compactions: AtomicU64,
@@ -204,7 +208,9 @@ pub struct StoreStatus {
     pub quarantined: Vec<Quarantined>,
     pub appended_rows: u64,
     pub wal_commits: u64,
+    pub wal_commit_seconds: f64,
     pub flushes: u64,
+    pub flush_seconds: f64,
     pub files_written: u64,
     pub compactions: u64,
     pub hours_expired: u64,
@@ -721,7 +727,9 @@ impl Store {
                 .clone(),
             appended_rows: l(&s.appended_rows),
             wal_commits: l(&s.wal_commits),
+            wal_commit_seconds: l(&s.wal_commit_nanos) as f64 / 1e9,
             flushes: l(&s.flushes),
+            flush_seconds: l(&s.flush_nanos) as f64 / 1e9,
             files_written: l(&s.files_written),
             compactions: l(&s.compactions),
             hours_expired: l(&s.hours_expired),
@@ -732,7 +740,6 @@ impl Store {
         }
     }
 
-    /// The hour manifests of a table (for tests and tools).
     /// The hour manifests of `table` as they were when the store opened: the data the
     /// observer was not shown (it sees everything after).
     pub fn manifests_at_open(&self, table: Table) -> Vec<HourManifest> {
@@ -746,6 +753,7 @@ impl Store {
             .collect()
     }
 
+    /// The hour manifests of a table (for tests and tools).
     pub fn manifests(&self, table: Table) -> Vec<HourManifest> {
         self.state_read()
             .manifests
@@ -989,6 +997,7 @@ impl Store {
         {
             return Ok(0);
         }
+        let flush_started = Instant::now();
         let closed = self.rotate().await?;
         let groups: BTreeMap<(Table, i64), Vec<RecordBatch>> = {
             let st = self.state_read();
@@ -1027,6 +1036,10 @@ impl Store {
             }
         }
         self.inner.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .stats
+            .flush_nanos
+            .fetch_add(flush_started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         debug!(
             rows,
             through_segment = closed,
@@ -1357,10 +1370,16 @@ fn commit(store: &Store, seg: &mut wal::SegmentWriter, buf: &mut Vec<u8>, pendin
         return;
     }
     let before = seg.bytes;
+    let started = Instant::now();
     let res = seg.write(buf).and_then(|_| match store.inner.cfg.fsync {
         FsyncPolicy::Always => seg.sync(),
         FsyncPolicy::Never => Ok(()),
     });
+    store
+        .inner
+        .stats
+        .wal_commit_nanos
+        .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
     store
         .inner
         .stats
