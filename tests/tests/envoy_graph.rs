@@ -402,6 +402,55 @@ fn service_graph_of_a_real_mesh_shows_the_canary_the_fault_and_the_breaker() {
     let (status, bad) = server.get_json("/api/v1/graph?graph_type=galaxy");
     assert_eq!(status, 400);
     assert_eq!(bad["parameter"], "graph_type");
+    let (_, dot) = server.get_json(&graph_path("&format=dot"));
+    assert!(
+        dot.as_str()
+            .is_some_and(|d| d.starts_with("digraph") && d.contains("breaker tripped")),
+        "{dot}"
+    );
+
+    // Server-Sent Events: the first `graph` event carries the same edges
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut resp = agent
+        .get(&server.url("/api/v1/graph/stream?window=1h&interval=1s"))
+        .call()
+        .unwrap();
+    assert!(
+        resp.headers()
+            .get("content-type")
+            .is_some_and(|v| v.to_str().unwrap_or("").starts_with("text/event-stream"))
+    );
+    let mut reader = std::io::BufReader::new(resp.body_mut().as_reader());
+    let mut event = String::new();
+    let mut data = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut reader, &mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(e) = line.strip_prefix("event: ") {
+            event = e.trim().to_string();
+        } else if let Some(d) = line.strip_prefix("data: ") {
+            data.push_str(d.trim_end());
+        } else if line.trim().is_empty() && !data.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(event, "graph");
+    let streamed: Value = serde_json::from_str(&data).unwrap();
+    let se = edge(
+        &streamed,
+        "workload:default/productpage-v1",
+        "service:default/details",
+    );
+    assert_eq!(
+        se["circuit_breaker"]["uo_responses"].as_u64(),
+        Some(uo_lines)
+    );
 }
 
 /// Where Istio's dashboards live: $ISTIO_DASHBOARDS, else the shared data next to the repo.
