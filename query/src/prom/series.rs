@@ -163,6 +163,16 @@ pub const ISTIO_METRICS: &[(&str, &str, &str)] = &[
         "histogram",
         "Client-measured call duration, from span pairs.",
     ),
+    (
+        "traces_spanmetrics_calls_total",
+        "counter",
+        "Spans, by service, span name, kind and status.",
+    ),
+    (
+        "traces_spanmetrics_latency",
+        "histogram",
+        "Span duration in seconds, by service, span name, kind and status.",
+    ),
 ];
 
 /// Every concrete series name the rollups can produce.
@@ -327,6 +337,73 @@ fn span_labels(k: &EdgeKey, name: &str) -> Option<Labels> {
     Some(l)
 }
 
+/// Tempo's span metrics from the span-metric rollups.
+fn span_metric_series(
+    st: &RollupState,
+    res_secs: i64,
+    name: &str,
+    matchers: &Matchers,
+) -> Option<Vec<Series>> {
+    let secs_le = |i: usize| {
+        DURATION_BUCKETS_MS
+            .get(i)
+            .map_or_else(|| "+Inf".to_string(), |b| format!("{}", b / 1000.0))
+    };
+    let parts: Parts = match name {
+        "traces_spanmetrics_calls_total" | "traces_spanmetrics_latency_count" => {
+            vec![(None, Extract::Requests)]
+        }
+        "traces_spanmetrics_latency_sum" => vec![(None, Extract::DurationSum)],
+        "traces_spanmetrics_latency_bucket" => (0..=DURATION_BUCKETS_MS.len())
+            .map(|i| (Some(secs_le(i)), Extract::DurationBucket(i)))
+            .collect(),
+        _ => return None,
+    };
+    let mut slots: Vec<Labels> = Vec::new();
+    let mut slot_of: HashMap<Labels, usize> = HashMap::new();
+    let mut acc: Vec<BTreeMap<i64, f64>> = Vec::new();
+    let mut key_slots: HashMap<&crate::rollup::spans::SpanMetricKey, Vec<Option<usize>>> =
+        HashMap::new();
+    for (bucket, b) in &st.span_metrics {
+        for (k, a) in b {
+            let per_part = key_slots.entry(k).or_insert_with(|| {
+                let mut base: Labels = crate::rollup::spans::SPAN_METRIC_LABELS
+                    .iter()
+                    .zip(k.0.iter())
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect();
+                base.insert("__name__".into(), name.to_string());
+                parts
+                    .iter()
+                    .map(|(le, _)| {
+                        let mut l = base.clone();
+                        if let Some(le) = le {
+                            l.insert("le".into(), le.clone());
+                        }
+                        matches(&l, matchers).then(|| {
+                            *slot_of.entry(l.clone()).or_insert_with(|| {
+                                slots.push(l);
+                                acc.push(BTreeMap::new());
+                                slots.len() - 1
+                            })
+                        })
+                    })
+                    .collect()
+            });
+            for ((_, ex), slot) in parts.iter().zip(per_part.iter()) {
+                if let Some(slot) = slot {
+                    let mut v = extract(a, *ex);
+                    if matches!(ex, Extract::DurationSum) {
+                        v /= 1000.0;
+                    }
+                    *acc[*slot].entry(*bucket).or_default() += v;
+                }
+            }
+        }
+    }
+    Some(cumulative(slots.into_iter().zip(acc).collect(), res_secs))
+}
+
 /// Series of a rollup-derived metric matching `matchers`, up to `now_ms`.
 pub fn rollup_series(
     st: &RollupState,
@@ -334,6 +411,9 @@ pub fn rollup_series(
     name: &str,
     matchers: &Matchers,
 ) -> Option<Vec<Series>> {
+    if name.starts_with("traces_spanmetrics_") {
+        return span_metric_series(st, res_secs, name, matchers);
+    }
     let spans = name.starts_with("traces_service_graph_");
     let (parts, tcp_only) = plan(name, spans)?;
     let source = if spans { &st.span_edges } else { &st.edges };
@@ -393,31 +473,33 @@ pub fn rollup_series(
             }
         }
     }
-    let acc: Vec<(Labels, BTreeMap<i64, f64>)> = slots.into_iter().zip(acc).collect();
+    Some(cumulative(slots.into_iter().zip(acc).collect(), res_secs))
+}
+
+/// Cumulative counters over buckets: a zero at each run's start, a point at each bucket end.
+fn cumulative(acc: Vec<(Labels, BTreeMap<i64, f64>)>, res_secs: i64) -> Vec<Series> {
     let res_ms = res_secs * 1000;
-    Some(
-        acc.into_iter()
-            .map(|(labels, buckets)| {
-                let mut points = Vec::with_capacity(buckets.len() * 2 + 1);
-                let mut cum = 0.0;
-                let mut last_end = i64::MIN;
-                for (b, v) in buckets {
-                    let start = b * 1000;
-                    if start != last_end {
-                        points.push((start, cum));
-                    }
-                    cum += v;
-                    points.push((start + res_ms, cum));
-                    last_end = start + res_ms;
+    acc.into_iter()
+        .map(|(labels, buckets)| {
+            let mut points = Vec::with_capacity(buckets.len() * 2 + 1);
+            let mut cum = 0.0;
+            let mut last_end = i64::MIN;
+            for (b, v) in buckets {
+                let start = b * 1000;
+                if start != last_end {
+                    points.push((start, cum));
                 }
-                Series {
-                    labels,
-                    points,
-                    interpolated: true,
-                }
-            })
-            .collect(),
-    )
+                cum += v;
+                points.push((start + res_ms, cum));
+                last_end = start + res_ms;
+            }
+            Series {
+                labels,
+                points,
+                interpolated: true,
+            }
+        })
+        .collect()
 }
 
 fn ex_is_seconds(name: &str, ex: &Extract) -> bool {

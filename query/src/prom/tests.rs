@@ -195,3 +195,96 @@ fn irate_is_the_rate_of_the_latest_bucket_and_series_hold_until_now() {
     ));
     assert_eq!(got, vec![(String::new(), 0.0)]);
 }
+
+#[test]
+fn tempo_span_metrics_and_service_graph_metrics_count_the_spans() {
+    use meshscope_schemas::ids::{SpanId, TraceId};
+    use meshscope_schemas::rows::{SpanRow, spans_batch};
+    let r = Rollups::start(RollupConfig {
+        retention: std::time::Duration::from_secs(u32::MAX as u64),
+        ..RollupConfig::default()
+    });
+    let span = |t: u8, id: u8, parent: Option<u8>, svc: &str, kind: &str, status: &str| SpanRow {
+        trace_id: TraceId::from_bytes(&[t; 16]).unwrap(),
+        span_id: SpanId::from_bytes(&[id; 8]).unwrap(),
+        parent_span_id: parent.map(|p| SpanId::from_bytes(&[p; 8]).unwrap()),
+        start_time_unix_nano: (T0 + 30) * 1_000_000_000,
+        duration_ns: 20_000_000,
+        service_name: svc.into(),
+        name: "GET /reviews".into(),
+        kind: kind.into(),
+        status_code: status.into(),
+        http_status_code: Some(if status == "error" { 500 } else { 200 }),
+        ..Default::default()
+    };
+    let mut rows = Vec::new();
+    for t in 1..=9u8 {
+        rows.push(span(t, 1, None, "productpage", "client", "unset"));
+        rows.push(span(
+            t,
+            2,
+            Some(1),
+            "reviews",
+            "server",
+            if t <= 3 { "error" } else { "unset" },
+        ));
+    }
+    r.fold(Table::Spans, &spans_batch(&rows).unwrap());
+    r.settle_spans();
+    let eval_at = |q: &str| {
+        let expr = promql_parser::parser::parse(q).unwrap();
+        let mut sels = Vec::new();
+        selectors(&expr, &mut sels).unwrap();
+        let st = r.read();
+        let mut map = HashMap::new();
+        for (vs, _) in sels {
+            let name = vs.name.clone().unwrap();
+            map.insert(
+                selector_key(&vs),
+                rollup_series(&st, 60, &name, &vs.matchers).unwrap(),
+            );
+        }
+        let Value::Vector(v) = (Evaluator {
+            series: map,
+            now_ms: (T0 + 3600) * 1000,
+        })
+        .eval(&expr, (T0 + 120) * 1000)
+        .unwrap() else {
+            panic!()
+        };
+        v
+    };
+    let calls = eval_at(
+        "sum by (service, span_kind, status_code) (increase(traces_spanmetrics_calls_total[5m]))",
+    );
+    let get = |svc: &str, status: &str| {
+        calls
+            .iter()
+            .find(|s| s.labels["service"] == svc && s.labels["status_code"] == status)
+            .map(|s| s.value)
+    };
+    assert_eq!(get("productpage", "STATUS_CODE_UNSET"), Some(9.0));
+    assert_eq!(get("reviews", "STATUS_CODE_ERROR"), Some(3.0));
+    assert_eq!(get("reviews", "STATUS_CODE_UNSET"), Some(6.0));
+    let graph =
+        eval_at("sum by (client, server) (increase(traces_service_graph_request_total[5m]))");
+    assert_eq!(graph.len(), 1);
+    assert_eq!(
+        (
+            graph[0].labels["client"].as_str(),
+            graph[0].labels["server"].as_str(),
+            graph[0].value
+        ),
+        ("productpage", "reviews", 9.0)
+    );
+    let failed = eval_at("sum(increase(traces_service_graph_request_failed_total[5m]))");
+    assert_eq!(failed[0].value, 3.0);
+    let p50 = eval_at(
+        "histogram_quantile(0.5, sum by (le) (increase(traces_spanmetrics_latency_bucket{service=\"reviews\"}[5m])))",
+    );
+    // 20 ms lies in Istio's (10, 25] ms bucket: linear interpolation at rank 4.5 of 9
+    assert!(
+        (p50[0].value - (0.010 + 0.015 * 0.5)).abs() < 1e-9,
+        "{p50:?}"
+    );
+}

@@ -17,7 +17,7 @@ pub mod edges;
 pub mod sketch;
 pub mod spans;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, RwLock};
@@ -60,6 +60,9 @@ pub struct RollupState {
     /// The same rollups from client/server span pairs (used where no access log covers a pair).
     pub span_edges: BTreeMap<i64, edges::Bucket>,
     pub spans: spans::SpanPairer,
+    /// Per bucket: span counts and durations by service, name, kind and status (Tempo's
+    /// span metrics).
+    pub span_metrics: BTreeMap<i64, HashMap<spans::SpanMetricKey, EdgeAgg>>,
     pub breaker: breaker::BreakerStore,
     pub interner: edges::Interner,
 }
@@ -249,6 +252,8 @@ impl Shared {
         st.edges = keep;
         let keep = st.span_edges.split_off(&oldest);
         st.span_edges = keep;
+        let keep = st.span_metrics.split_off(&oldest);
+        st.span_metrics = keep;
         st.breaker.prune(oldest);
     }
 }

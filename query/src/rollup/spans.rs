@@ -38,6 +38,12 @@ pub struct Side {
 
 type Key = ([u8; 16], [u8; 8]);
 
+/// Tempo span-metrics labels: `service`, `span_name`, `span_kind`, `status_code`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SpanMetricKey(pub [std::sync::Arc<str>; 4]);
+
+pub const SPAN_METRIC_LABELS: [&str; 4] = ["service", "span_name", "span_kind", "status_code"];
+
 #[derive(Default)]
 pub struct SpanPairer {
     clients: HashMap<Key, (Instant, Side)>,
@@ -106,8 +112,40 @@ pub(super) fn fold_spans(
     }
     let now = Instant::now();
     let mut n = 0;
+    let name_col = s(sp::NAME);
     for row in 0..batch.num_rows() {
         let k = kind.value(row);
+        // Tempo-style span metrics: every span, by service, name, kind and status.
+        let t_ns = time.value(row);
+        if t_ns >= oldest.saturating_mul(1_000_000_000) {
+            let secs = t_ns.div_euclid(1_000_000_000);
+            let bucket = secs - secs.rem_euclid(res.max(1));
+            let status = match opt(status, row) {
+                Some("error") => "STATUS_CODE_ERROR",
+                Some("ok") => "STATUS_CODE_OK",
+                _ => "STATUS_CODE_UNSET",
+            };
+            let span_kind = match k {
+                "client" => "SPAN_KIND_CLIENT",
+                "server" => "SPAN_KIND_SERVER",
+                "producer" => "SPAN_KIND_PRODUCER",
+                "consumer" => "SPAN_KIND_CONSUMER",
+                "internal" => "SPAN_KIND_INTERNAL",
+                _ => "SPAN_KIND_UNSPECIFIED",
+            };
+            let key = SpanMetricKey([
+                st.interner.get(service.value(row)),
+                st.interner.get(name_col.map_or("", |c| c.value(row))),
+                st.interner.get(span_kind),
+                st.interner.get(status),
+            ]);
+            st.span_metrics
+                .entry(bucket)
+                .or_default()
+                .entry(key)
+                .or_default()
+                .add(dur.value(row).max(0) as f64 / 1e6, 0, 0);
+        }
         if k != "client" && k != "server" {
             continue;
         }
