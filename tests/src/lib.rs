@@ -65,11 +65,31 @@ impl Server {
     /// Starts `meshscope <sub> --data-dir <dir> --api-addr 127.0.0.1:0 <extra>` and waits for
     /// its "listening on" line. OTLP addresses get port 0 too.
     pub fn start(sub: &str, data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_at(
+            sub,
+            data_dir.to_str().expect("utf-8 path"),
+            data_dir,
+            extra,
+            &[],
+        )
+    }
+
+    /// Like `start`, with `--data-dir` given as text (an `s3://` URL, say), the log next to
+    /// `local`, and extra environment variables.
+    pub fn start_at(
+        sub: &str,
+        data_dir_arg: &str,
+        local: &Path,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Server {
+        let data_dir = local;
         let stderr_log = data_dir.with_extension(format!("{sub}.{}.log", std::process::id()));
         let log = std::fs::File::create(&stderr_log).expect("log file");
         let mut child = Command::new(meshscope_bin())
             .arg(sub)
-            .args(["--data-dir", data_dir.to_str().expect("utf-8 path")])
+            .args(["--data-dir", data_dir_arg])
+            .envs(envs.iter().copied())
             .args([
                 "--api-addr",
                 "127.0.0.1:0",
