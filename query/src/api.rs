@@ -63,7 +63,13 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         r = r.route("/api/v1/ingest/rows/{table}", post(ingest_rows));
     }
     let push = state.ingest.clone();
+    let traces = state.engine.clone().map(|e| (e, state.sql_limits));
     let mut r = r.with_state(Arc::new(state));
+    if let Some((engine, limits)) = traces {
+        r = r
+            .merge(crate::traces::routes(engine.clone(), limits))
+            .merge(crate::jaeger::routes(engine, limits));
+    }
     if let Some(ingest) = push {
         r = r.merge(meshscope_collector::envoy::push::routes(ingest));
     }

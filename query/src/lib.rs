@@ -5,6 +5,8 @@ pub mod api;
 pub mod bench;
 pub mod config;
 pub mod ingest;
+pub mod jaeger;
 pub mod provider;
 pub mod server;
 pub mod sql;
+pub mod traces;
