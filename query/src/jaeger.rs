@@ -405,7 +405,7 @@ async fn find(svc: &TraceService, p: &Params) -> Result<Vec<Trace>, TraceError> 
         .map(|t| parse_trace_id("traceID", t, false))
         .collect::<Result<_, _>>()?;
     if !ids.is_empty() {
-        let found = svc.traces(&ids).await?;
+        let found = svc.traces(&ids, None).await?;
         return Ok(found
             .iter()
             .filter_map(|(id, s)| jaeger_trace(*id, s))
@@ -465,7 +465,7 @@ async fn find(svc: &TraceService, p: &Params) -> Result<Vec<Trace>, TraceError> 
         limit: parse_limit("limit", p.get("limit"))?,
     };
     let ids = svc.search(&q).await?;
-    let found = svc.traces(&ids).await?;
+    let found = svc.traces(&ids, Some((from, to))).await?;
     Ok(found
         .iter()
         .filter_map(|(id, s)| jaeger_trace(*id, s))

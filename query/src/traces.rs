@@ -56,6 +56,8 @@ const DEFAULT_LOOKBACK_NS: i64 = 3_600 * NS_PER_S;
 /// Lookups of many traces run this many at a time.
 const LOOKUP_CONCURRENCY: usize = 8;
 const NS_PER_S: i64 = 1_000_000_000;
+/// Spans of a found trace are read this far around the search window.
+const TRACE_SLACK_NS: i64 = 3_600 * NS_PER_S;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
@@ -598,21 +600,41 @@ impl TraceService {
     /// Every stored span of one trace (unordered). Pruned by the trace id: the hour
     /// manifests' trace-id ranges, then the bloom filters and page index.
     pub async fn trace_spans(&self, id: &TraceId) -> Result<Vec<SpanRow>, TraceError> {
-        let df = self
-            .table(Table::Spans)
-            .await?
-            .filter(col(sp::TRACE_ID).eq(lit_trace_id(id)))
-            .map_err(exec)?;
+        self.trace_spans_within(id, None).await
+    }
+
+    /// Like `trace_spans`, only reading the hours that overlap `window` (unix ns) when given.
+    pub async fn trace_spans_within(
+        &self,
+        id: &TraceId,
+        window: Option<(i64, i64)>,
+    ) -> Result<Vec<SpanRow>, TraceError> {
+        let mut f = col(sp::TRACE_ID).eq(lit_trace_id(id));
+        if let Some((from, to)) = window {
+            f = f.and(time_range(sp::START_TIME, from, to));
+        }
+        let df = self.table(Table::Spans).await?.filter(f).map_err(exec)?;
         spans_from_batches(&self.collect(df).await?)
     }
 
-    /// Traces by id, in the order given; ids with no stored span are left out.
+    /// Traces by id, in the order given; ids with no stored span are left out. A search
+    /// passes its window widened by `TRACE_SLACK_NS`, so that it reads a few hours rather
+    /// than every hour of the retention for each trace found; whole traces open by id.
     pub async fn traces(
         &self,
         ids: &[TraceId],
+        window: Option<(i64, i64)>,
     ) -> Result<Vec<(TraceId, Vec<SpanRow>)>, TraceError> {
+        let window = window.map(|(f, t)| {
+            (
+                f.saturating_sub(TRACE_SLACK_NS),
+                t.saturating_add(TRACE_SLACK_NS),
+            )
+        });
         let found: Vec<(TraceId, Vec<SpanRow>)> = futures::stream::iter(ids.iter().copied())
-            .map(|id| async move { Ok::<_, TraceError>((id, self.trace_spans(&id).await?)) })
+            .map(|id| async move {
+                Ok::<_, TraceError>((id, self.trace_spans_within(&id, window).await?))
+            })
             .buffered(LOOKUP_CONCURRENCY)
             .try_collect()
             .await?;
@@ -1858,7 +1880,7 @@ pub async fn request_view(svc: &TraceService, request_id: &str) -> Result<Reques
         )));
     }
     ids.truncate(MAX_TRACES_PER_REQUEST);
-    let traces = svc.traces(&ids).await?;
+    let traces = svc.traces(&ids, None).await?;
     Ok(RequestView {
         request_id: request_id.to_string(),
         trace_ids: ids.iter().map(|t| t.to_hex()).collect(),
@@ -1979,7 +2001,7 @@ async fn search(svc: &TraceService, p: &Params) -> Result<Value, TraceError> {
                 ids.push(t);
             }
         }
-        let traces = svc.traces(&ids).await?;
+        let traces = svc.traces(&ids, Some((from_ns, to_ns))).await?;
         let summaries: Vec<TraceSummary> = traces
             .iter()
             .map(|(id, s)| TraceSummary::from(&trace_view(*id, s)))
@@ -2015,7 +2037,7 @@ async fn search(svc: &TraceService, p: &Params) -> Result<Value, TraceError> {
         limit,
     };
     let ids = svc.search(&q).await?;
-    let traces = svc.traces(&ids).await?;
+    let traces = svc.traces(&ids, Some((from_ns, to_ns))).await?;
     let summaries: Vec<TraceSummary> = traces
         .iter()
         .map(|(id, s)| TraceSummary::from(&trace_view(*id, s)))
