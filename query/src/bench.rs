@@ -63,23 +63,7 @@ pub async fn storage(
         spans > 0 && writers > 0 && batch > 0,
         "--spans, --writers and --batch must be at least 1"
     );
-    let (root, _tmp) = match dir {
-        Some(d) => {
-            if d.exists() && std::fs::read_dir(&d)?.next().is_some() {
-                bail!(
-                    "{} is not empty; the benchmark needs an empty or new directory",
-                    d.display()
-                );
-            }
-            (d, None)
-        }
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix("meshscope-bench-")
-                .tempdir()?;
-            (t.path().to_path_buf(), Some(t))
-        }
-    };
+    let (root, _tmp) = bench_dir(dir)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cfg = StoreConfig::local(&root);
     let fsync = match cfg.fsync {
@@ -907,6 +891,27 @@ fn generate(spans: usize, batch: usize, now_ns: i64) -> Dataset {
 // ---------------------------------------------------------------------------------------
 // Helpers
 
+/// `dir` when it is empty or new, else a temporary directory (removed when dropped).
+fn bench_dir(dir: Option<PathBuf>) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    match dir {
+        Some(d) => {
+            if d.exists() && std::fs::read_dir(&d)?.next().is_some() {
+                bail!(
+                    "{} is not empty; the benchmark needs an empty or new directory",
+                    d.display()
+                );
+            }
+            Ok((d, None))
+        }
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("meshscope-bench-")
+                .tempdir()?;
+            Ok((t.path().to_path_buf(), Some(t)))
+        }
+    }
+}
+
 fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1013,23 +1018,7 @@ const COLD_LOOKUPS: usize = 5;
 pub async fn lookup(spans: usize, dir: Option<PathBuf>) -> anyhow::Result<()> {
     use crate::traces::TraceService;
     ensure!(spans > 0, "--spans must be at least 1");
-    let (root, _tmp) = match dir {
-        Some(d) => {
-            if d.exists() && std::fs::read_dir(&d)?.next().is_some() {
-                bail!(
-                    "{} is not empty; the benchmark needs an empty or new directory",
-                    d.display()
-                );
-            }
-            (d, None)
-        }
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix("meshscope-bench-")
-                .tempdir()?;
-            (t.path().to_path_buf(), Some(t))
-        }
-    };
+    let (root, _tmp) = bench_dir(dir)?;
     let mut cfg = StoreConfig::local(&root);
     // Loading is not what is measured here.
     cfg.fsync = FsyncPolicy::Never;

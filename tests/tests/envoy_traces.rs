@@ -10,127 +10,12 @@ use std::time::Duration;
 
 use meshscope_query::jaeger::grafana::{self, JaegerResponse, TraceResponse};
 use meshscope_tests::Server;
-use meshscope_tests::app::App;
-use meshscope_tests::envoy::{Breaker, Inbound, Outbound, Pod, Sidecar, SidecarSpec};
+use meshscope_tests::envoy::Sidecar;
+use meshscope_tests::mesh::{load, poll, push_log, start_mesh};
 use serde_json::{Value, json};
 
 /// Loopback addresses 127.0.13.x (envoy_mesh.rs uses .11 and .12).
 const BASE: u8 = 13;
-
-struct Mesh {
-    client: Sidecar,
-    server: Sidecar,
-    _app: App,
-}
-
-fn start_mesh(dir: &std::path::Path, otlp_grpc: String) -> Mesh {
-    let client_ip = format!("127.0.{BASE}.2");
-    let server_ip = format!("127.0.{BASE}.3");
-    let app = App::start(&format!("{server_ip}:8000"), Duration::from_millis(20));
-    let server = SidecarSpec {
-        pod: Pod {
-            ip: server_ip.clone(),
-            name: "httpbin-7d9c5b8f6-x2k4p".into(),
-            namespace: "default".into(),
-            app: "httpbin".into(),
-            version: "v1".into(),
-        },
-        admin_port: 15000,
-        outbound: vec![],
-        inbound: vec![Inbound {
-            listen_port: 15006,
-            service_port: 8000,
-            app: format!("{server_ip}:8000"),
-        }],
-        otlp_grpc: Some(otlp_grpc.clone()),
-        istio_stats_tags: false,
-    }
-    .start(dir);
-    let client = SidecarSpec {
-        pod: Pod {
-            ip: client_ip,
-            name: "fortio-deploy-5d8f7c9b4-abcde".into(),
-            namespace: "default".into(),
-            app: "fortio".into(),
-            version: "v1".into(),
-        },
-        admin_port: 15000,
-        outbound: vec![Outbound {
-            listen_port: 15001,
-            service: "httpbin.default.svc.cluster.local".into(),
-            port: 8000,
-            upstream: format!("{server_ip}:15006"),
-            breaker: Some(Breaker {
-                max_connections: 1,
-                max_pending_requests: 1,
-                max_requests: 1,
-            }),
-        }],
-        inbound: vec![],
-        otlp_grpc: Some(otlp_grpc),
-        istio_stats_tags: true,
-    }
-    .start(dir);
-    Mesh {
-        client,
-        server,
-        _app: app,
-    }
-}
-
-/// `n` requests from 3 concurrent clients, bounded in time.
-fn load(mesh: &Mesh, n: usize) -> Vec<u16> {
-    let url = format!("http://{}:15001/get", mesh.client.pod.ip);
-    let codes = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..3 {
-            let (url, codes) = (&url, &codes);
-            s.spawn(move || {
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .timeout_global(Some(Duration::from_secs(10)))
-                    .build()
-                    .into();
-                for _ in 0..n / 3 {
-                    let code = agent
-                        .get(url)
-                        .header("host", "httpbin:8000")
-                        .call()
-                        .map(|r| r.status().as_u16())
-                        .unwrap_or(0);
-                    codes.lock().unwrap().push(code);
-                }
-            });
-        }
-    });
-    codes.into_inner().unwrap()
-}
-
-fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn push_log(server: &Server, sc: &Sidecar) -> Value {
-    let p = &sc.pod;
-    let path = format!(
-        "/api/v1/ingest/accesslog?pod={}&namespace={}&app={}&version={}&ip={}",
-        p.name, p.namespace, p.app, p.version, p.ip
-    );
-    let body = std::fs::read_to_string(&sc.access_log).unwrap();
-    let (status, v) = server.post_text(&path, &body);
-    assert_eq!(status, 200, "{v}");
-    v
-}
 
 /// The x-request-id of an Istio-format access-log line (the 5th quoted field).
 fn request_id(line: &str) -> String {
@@ -148,10 +33,7 @@ fn typed<T: serde::de::DeserializeOwned>(v: Value) -> T {
 fn envoy_traces_are_found_by_trace_id_and_request_id_and_served_to_grafana() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start("serve", &dir.path().join("data"), &[]);
-    let mesh = start_mesh(
-        dir.path(),
-        server.otlp_grpc.clone().expect("OTLP/gRPC address"),
-    );
+    let mesh = start_mesh(dir.path(), server.otlp_grpc.clone(), BASE);
     let codes = load(&mesh, 30);
     assert_eq!(codes.len(), 30);
     let ok = codes.iter().filter(|c| **c == 200).count();
