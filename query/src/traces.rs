@@ -499,6 +499,21 @@ pub struct EdgeSample {
     pub proxy: Option<String>,
 }
 
+/// What the access log holds for one request id.
+#[derive(Debug, Default)]
+pub struct RequestRows {
+    /// `requests` rows as JSON objects, in time order.
+    pub rows: Vec<Value>,
+    /// Trace ids the rows carry.
+    pub trace_ids: Vec<TraceId>,
+    /// First and last start time (unix ns).
+    pub times: Option<(i64, i64)>,
+}
+
+fn widen(span: Option<(i64, i64)>, t: i64) -> (i64, i64) {
+    span.map_or((t, t), |(a, b)| (a.min(t), b.max(t)))
+}
+
 /// The queries behind the trace APIs (native and Jaeger).
 #[derive(Clone)]
 pub struct TraceService {
@@ -691,12 +706,9 @@ impl TraceService {
         Ok(ids)
     }
 
-    /// Access-log rows of one request id, in time order, as JSON objects; and the trace ids
-    /// they name.
-    pub async fn request_rows(
-        &self,
-        request_id: &str,
-    ) -> Result<(Vec<Value>, Vec<TraceId>), TraceError> {
+    /// Access-log rows of one request id, in time order, as JSON objects; the trace ids
+    /// they name; and the time span they cover (unix ns).
+    pub async fn request_rows(&self, request_id: &str) -> Result<RequestRows, TraceError> {
         let df = self
             .table(Table::Requests)
             .await?
@@ -704,29 +716,44 @@ impl TraceService {
             .and_then(|d| d.sort(vec![col(rq::START_TIME).sort(true, false)]))
             .map_err(exec)?;
         let batches = self.collect(df).await?;
-        let mut ids = Vec::new();
+        let mut out = RequestRows::default();
         for b in &batches {
-            ids.extend(trace_ids(b, rq::TRACE_ID)?.into_iter().flatten());
+            out.trace_ids
+                .extend(trace_ids(b, rq::TRACE_ID)?.into_iter().flatten());
+            for t in timestamps(b, rq::START_TIME)?.into_iter().flatten() {
+                out.times = Some(widen(out.times, t));
+            }
         }
         let json = batches_to_json(&batches).map_err(exec)?;
-        let rows: Vec<Value> = serde_json::from_slice(&json).map_err(exec)?;
-        Ok((rows, ids))
+        out.rows = serde_json::from_slice(&json).map_err(exec)?;
+        Ok(out)
     }
 
-    /// Trace ids of the spans that carry this request id (`guid:x-request-id`).
-    pub async fn request_trace_ids(&self, request_id: &str) -> Result<Vec<TraceId>, TraceError> {
+    /// Trace ids of the spans that carry this request id (`guid:x-request-id`), and the time
+    /// span of those spans (unix ns).
+    pub async fn request_trace_ids(
+        &self,
+        request_id: &str,
+    ) -> Result<(Vec<TraceId>, Option<(i64, i64)>), TraceError> {
         let df = self
             .table(Table::Spans)
             .await?
             .filter(col(sp::REQUEST_ID).eq(lit(request_id.to_string())))
-            .and_then(|d| d.select_columns(&[sp::TRACE_ID]))
-            .and_then(|d| d.distinct())
+            .and_then(|d| d.select_columns(&[sp::TRACE_ID, sp::START_TIME]))
             .map_err(exec)?;
         let mut ids = Vec::new();
+        let mut times = None;
         for b in &self.collect(df).await? {
-            ids.extend(trace_ids(b, sp::TRACE_ID)?.into_iter().flatten());
+            for id in trace_ids(b, sp::TRACE_ID)?.into_iter().flatten() {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+            for t in timestamps(b, sp::START_TIME)?.into_iter().flatten() {
+                times = Some(widen(times, t));
+            }
         }
-        Ok(ids)
+        Ok((ids, times))
     }
 
     /// Access-log rows of one graph edge, most recent first, each with its trace id: from
@@ -1863,29 +1890,33 @@ pub struct RequestView {
 }
 
 pub async fn request_view(svc: &TraceService, request_id: &str) -> Result<RequestView, TraceError> {
-    let (rows, from_spans) = tokio::try_join!(
+    let (rows, (from_spans, span_times)) = tokio::try_join!(
         svc.request_rows(request_id),
         svc.request_trace_ids(request_id)
     )?;
-    let (access_log, from_rows) = rows;
     let mut ids: Vec<TraceId> = Vec::new();
-    for id in from_spans.into_iter().chain(from_rows) {
+    for id in from_spans.into_iter().chain(rows.trace_ids) {
         if !ids.contains(&id) {
             ids.push(id);
         }
     }
-    if ids.is_empty() && access_log.is_empty() {
+    if ids.is_empty() && rows.rows.is_empty() {
         return Err(TraceError::NotFound(format!(
             "no span and no access-log line has request id {request_id:?}"
         )));
     }
     ids.truncate(MAX_TRACES_PER_REQUEST);
-    let traces = svc.traces(&ids, None).await?;
+    // The traces are read in the hours around the request, not in every hour stored.
+    let window = match (rows.times, span_times) {
+        (Some(a), Some(b)) => Some((a.0.min(b.0), a.1.max(b.1))),
+        (a, b) => a.or(b),
+    };
+    let traces = svc.traces(&ids, window).await?;
     Ok(RequestView {
         request_id: request_id.to_string(),
         trace_ids: ids.iter().map(|t| t.to_hex()).collect(),
         traces: traces.iter().map(|(id, s)| trace_view(*id, s)).collect(),
-        access_log,
+        access_log: rows.rows,
     })
 }
 

@@ -647,7 +647,7 @@ async fn lookups_by_trace_id_and_request_id_are_pruned() {
     );
 
     let before = svc.scan_figures();
-    let ids = svc.request_trace_ids("rid-high").await.unwrap();
+    let (ids, _) = svc.request_trace_ids("rid-high").await.unwrap();
     assert_eq!(ids, vec![TraceId([0xee; 16])]);
     let after = svc.scan_figures();
     assert_eq!(
