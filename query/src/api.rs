@@ -49,7 +49,14 @@ pub struct AppState {
     pub ingest: Option<Arc<EnvoyIngest>>,
     pub otlp: Option<Arc<OtlpStats>>,
     pub sources: Sources,
+    /// The service graph (query roles).
+    pub graph: Option<crate::graph::api::GraphState>,
+    /// `meshscope demo`: the simulator's phase, shown as `demo` in `/api/v1/status`.
+    pub demo_status: Option<StatusHook>,
 }
+
+/// A section of `/api/v1/status` computed on each request.
+pub type StatusHook = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let mut r = Router::new()
@@ -64,11 +71,26 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     }
     let push = state.ingest.clone();
     let traces = state.engine.clone().map(|e| (e, state.sql_limits));
+    let graph = state.graph.clone();
+    let prom = match (&state.graph, &state.engine) {
+        (Some(g), Some(e)) => Some(crate::prom::PromState {
+            rollups: g.rollups.clone(),
+            engine: e.clone(),
+            timeout: state.sql_limits.timeout,
+        }),
+        _ => None,
+    };
     let mut r = r.with_state(Arc::new(state));
     if let Some((engine, limits)) = traces {
         r = r
             .merge(crate::traces::routes(engine.clone(), limits))
             .merge(crate::jaeger::routes(engine, limits));
+    }
+    if let Some(g) = graph {
+        r = r.merge(crate::graph::api::routes(g));
+    }
+    if let Some(p) = prom {
+        r = r.merge(crate::prom::routes(p));
     }
     if let Some(ingest) = push {
         r = r.merge(meshscope_collector::envoy::push::routes(ingest));
@@ -95,6 +117,8 @@ async fn status(State(s): State<Arc<AppState>>) -> Response {
         "storage": s.store.status(),
         "sources": sources,
         "otlp": s.otlp.as_ref().map(|o| o.snapshot()),
+        "rollups": s.graph.as_ref().map(|g| g.rollups.status()),
+        "demo": s.demo_status.as_ref().map(|f| f()),
     }))
     .into_response()
 }
@@ -176,7 +200,11 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     );
     let mut recv = Vec::new();
     if let Some(i) = &s.ingest {
-        for (name, c) in [("accesslog_push", &i.accesslog), ("stats", &i.stats)] {
+        for (name, c) in [
+            ("accesslog_push", &i.accesslog),
+            ("accesslog_files", &i.accesslog_files),
+            ("stats", &i.stats),
+        ] {
             use std::sync::atomic::Ordering::Relaxed;
             recv.push((
                 name,
@@ -215,6 +243,9 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
                 })
                 .collect(),
         );
+    }
+    if s.ingest.is_some() {
+        meshscope_collector::envoy::tail::write_metrics(&s.sources, &mut out);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

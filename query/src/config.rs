@@ -38,7 +38,7 @@ pub enum Command {
     /// Run only the query service, reading the storage a collector writes (read-only).
     Query(ServerOpts),
     /// Run `serve` with the built-in bookinfo traffic simulator.
-    Demo(ServerOpts),
+    Demo(DemoOpts),
     /// Run one read-only SQL query against a data directory and print a table.
     Sql(SqlOpts),
     /// Benchmarks that print throughput, size and latency figures.
@@ -157,9 +157,72 @@ pub struct ServerOpts {
     #[arg(long, env = "MESHSCOPE_ACCESS_LOG_FORMAT", value_name = "FORMAT")]
     pub access_log_format: Option<String>,
 
+    /// Width of one service-graph rollup bucket (divides a minute: 1s…60s). Graph windows
+    /// are rounded out to whole buckets.
+    #[arg(long, env = "MESHSCOPE_ROLLUP_RESOLUTION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub rollup_resolution: Duration,
+
+    /// How far back the service-graph rollups reach (they are rebuilt from stored rows at start).
+    #[arg(long, env = "MESHSCOPE_ROLLUP_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub rollup_retention: Duration,
+
+    /// Health thresholds in percent of requests, `5xx=<degraded>:<failure>,4xx=<degraded>:<failure>`
+    /// (Kiali's defaults: any 5xx degraded, 10% failure; 4xx 10% degraded, 20% failure).
+    #[arg(
+        long,
+        env = "MESHSCOPE_HEALTH_THRESHOLDS",
+        default_value = "5xx=0:10,4xx=10:20"
+    )]
+    pub health_thresholds: String,
+
+    /// Envoy access-log files to tail, as a glob, e.g.
+    /// '/var/log/containers/*_istio-proxy-*.log'; repeatable, or comma-separated in the env
+    /// variable. Files are followed through rotation and truncation, and a checkpoint in
+    /// <data-dir>/checkpoints/ lets a restart go on where it stopped. A file seen for the
+    /// first time is read from its beginning. Lines may be Istio text (--access-log-format)
+    /// or JSON, bare or wrapped by CRI or Docker; pod, namespace and container come from
+    /// /var/log/containers/<pod>_<namespace>_<container>-<id>.log names.
+    #[arg(
+        long = "access-log",
+        env = "MESHSCOPE_ACCESS_LOG",
+        value_delimiter = ',',
+        value_name = "GLOB"
+    )]
+    pub access_log: Vec<String>,
+
     /// Log filter (tracing EnvFilter syntax), e.g. info or meshscope=debug.
     #[arg(long, env = "MESHSCOPE_LOG", default_value = "info")]
     pub log: String,
+}
+
+/// `demo`: every `serve` option plus the simulator's.
+#[derive(Debug, Clone, Args)]
+pub struct DemoOpts {
+    #[command(flatten)]
+    pub server: ServerOpts,
+
+    /// Time compression: phases last 60 s / speed (whole seconds, at least 1) and request
+    /// rates rise with it (bounded to about 200 requests per second in total).
+    #[arg(long, env = "MESHSCOPE_DEMO_SPEED", default_value_t = 1.0)]
+    pub speed: f64,
+
+    /// Seed of the simulator's decisions (arrivals, routing, status codes, durations); the
+    /// same seed gives the same requests. Default: a random seed, printed at start.
+    #[arg(long, env = "MESHSCOPE_DEMO_SEED")]
+    pub seed: Option<u64>,
+}
+
+impl DemoOpts {
+    /// Checks the simulator's options; the server options are checked by `ServerOpts::validate`.
+    pub fn validate_demo(&self) -> Result<(), ConfigError> {
+        if !(self.speed.is_finite() && self.speed > 0.0 && self.speed <= 1000.0) {
+            return Err(ConfigError::Invalid(format!(
+                "--speed must be above 0 and at most 1000, got {}",
+                self.speed
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -197,6 +260,21 @@ pub struct BenchOpts {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum BenchWhat {
+    /// Service graph: latency of a one-hour graph over rollups of `rps` requests per second.
+    Graph {
+        /// Edge counts to run, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "50,10000")]
+        edges: Vec<usize>,
+        /// Requests per second across the mesh.
+        #[arg(long, default_value_t = 1000)]
+        rps: usize,
+        /// Minutes of traffic (the graph's window).
+        #[arg(long, default_value_t = 60)]
+        minutes: usize,
+        /// Graph builds to time.
+        #[arg(long, default_value_t = 20)]
+        iterations: usize,
+    },
     /// Storage: durable span appends per second, bytes per span on disk, trace lookup latency.
     Storage {
         /// Spans to store.
@@ -230,11 +308,15 @@ pub struct ServerConfig {
     pub envoy_admin: Vec<String>,
     pub scrape_interval: Duration,
     pub access_log_format: String,
+    /// `--access-log` globs of files to tail.
+    pub access_log: Vec<String>,
     pub api_addr: SocketAddr,
     pub otlp_grpc_addr: SocketAddr,
     pub otlp_http_addr: SocketAddr,
     pub sql: SqlLimits,
     pub max_body_bytes: usize,
+    pub rollups: crate::rollup::RollupConfig,
+    pub health: crate::graph::HealthConfig,
     pub log: String,
 }
 
@@ -328,6 +410,25 @@ impl ServerOpts {
         {
             return bad(format!("--access-log-format: {e}"));
         }
+        let res = self.rollup_resolution.as_secs();
+        if self.rollup_resolution.subsec_nanos() != 0 || res == 0 || 60 % res != 0 {
+            return bad(format!(
+                "--rollup-resolution {}: must be whole seconds dividing a minute (1s, 5s, 10s, 15s, 30s, 60s…)",
+                humantime::format_duration(self.rollup_resolution)
+            ));
+        }
+        if self.rollup_retention < Duration::from_secs(60) {
+            return bad("--rollup-retention must be at least 1m".into());
+        }
+        let health = match crate::graph::HealthConfig::parse(&self.health_thresholds) {
+            Ok(h) => h,
+            Err(e) => return bad(format!("--health-thresholds: {e}")),
+        };
+        for g in &self.access_log {
+            if let Err(e) = meshscope_collector::envoy::tail::validate_glob(g) {
+                return bad(format!("--access-log: {e}"));
+            }
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return bad(format!("--log {:?}: {e}", self.log));
         }
@@ -352,6 +453,7 @@ impl ServerOpts {
             envoy_admin: self.envoy_admin.clone(),
             scrape_interval: self.scrape_interval,
             access_log_format,
+            access_log: self.access_log.clone(),
             api_addr: self.api_addr,
             otlp_grpc_addr: self.otlp_grpc_addr,
             otlp_http_addr: self.otlp_http_addr,
@@ -360,6 +462,11 @@ impl ServerOpts {
                 max_rows: self.sql_max_rows,
             },
             max_body_bytes: self.max_body_mb << 20,
+            rollups: crate::rollup::RollupConfig {
+                resolution: self.rollup_resolution,
+                retention: self.rollup_retention,
+            },
+            health,
             log: self.log.clone(),
         })
     }
@@ -508,6 +615,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown key \"no_such_option\""), "{err}");
+    }
+
+    #[test]
+    fn access_log_globs_from_flags_and_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("m.toml");
+        std::fs::write(
+            &f,
+            "access-log = [\"/var/log/containers/*istio-proxy*.log\", \"/tmp/envoy/*.log\"]\n",
+        )
+        .unwrap();
+        let f = f.to_string_lossy().to_string();
+        let cli = parse_from(args(&["collector", "--config", &f])).unwrap();
+        let Command::Collector(o) = cli.command else {
+            panic!()
+        };
+        let c = o.validate(false).unwrap();
+        assert_eq!(
+            c.access_log,
+            ["/var/log/containers/*istio-proxy*.log", "/tmp/envoy/*.log"]
+        );
+        let cli = parse_from(args(&[
+            "--access-log",
+            "/a/*.log",
+            "--access-log",
+            "/b/[.log",
+        ]))
+        .unwrap();
+        let Command::Serve(o) = cli.command else {
+            panic!()
+        };
+        let err = o.validate(false).unwrap_err().to_string();
+        assert!(
+            err.contains("--access-log") && err.contains("/b/[.log"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -3,10 +3,15 @@
 
 pub mod api;
 pub mod bench;
+pub mod bench_graph;
 pub mod config;
+pub mod demo;
+pub mod graph;
 pub mod ingest;
 pub mod jaeger;
+pub mod prom;
 pub mod provider;
+pub mod rollup;
 pub mod server;
 pub mod sql;
 pub mod traces;

@@ -48,8 +48,11 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Serve(o) => (Role::AllInOne, o),
         Command::Collector(o) => (Role::Collector, o),
         Command::Query(o) => (Role::Query, o),
-        Command::Demo(_) => {
-            anyhow::bail!("`meshscope demo` is not built yet; run `meshscope serve`")
+        Command::Demo(d) => {
+            d.validate_demo()?;
+            let cfg = d.server.validate(false)?;
+            server::init_logging(&cfg.log);
+            return meshscope_query::demo::run(cfg, d.speed, d.seed).await;
         }
         Command::Sql(o) => return sql(o).await,
         Command::Bench(b) => {
@@ -64,6 +67,12 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
                 BenchWhat::Lookup { spans, dir } => {
                     meshscope_query::bench::lookup(spans, dir).await
                 }
+                BenchWhat::Graph {
+                    edges,
+                    rps,
+                    minutes,
+                    iterations,
+                } => meshscope_query::bench_graph::graph(&edges, rps, minutes, iterations),
             };
         }
     };

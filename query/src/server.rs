@@ -11,10 +11,12 @@ use tracing::info;
 use meshscope_collector::envoy::access_log::{AccessLogFormat, ProxyIdentity, derive_identity};
 use meshscope_collector::envoy::push::EnvoyIngest;
 use meshscope_collector::envoy::scrape::{Sources, spawn_scrapers};
+use meshscope_collector::envoy::tail::{TailConfig, spawn_tailer};
 use meshscope_collector::otlp::{OtlpLimits, OtlpState};
 
 use crate::api::{AppState, Role, router};
 use crate::config::ServerConfig;
+use crate::rollup::Rollups;
 use crate::sql::QueryEngine;
 
 pub fn init_logging(filter: &str) {
@@ -50,6 +52,23 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// The addresses a server bound (port 0 becomes a real port).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub api: std::net::SocketAddr,
+    pub otlp_http: Option<std::net::SocketAddr>,
+    pub otlp_grpc: Option<std::net::SocketAddr>,
+}
+
+/// What a subcommand built on `serve` adds (`demo`): routes, a section of
+/// `/api/v1/status`, and word of the bound addresses once the API listens.
+#[derive(Default)]
+pub struct Extras {
+    pub routes: Option<axum::Router>,
+    pub demo_status: Option<crate::api::StatusHook>,
+    pub ready: Option<tokio::sync::oneshot::Sender<Bound>>,
+}
+
 /// A running server; `run` serves until `stop` resolves, then stops the receivers, flushes
 /// the buffer to Parquet and returns.
 pub async fn run(
@@ -57,7 +76,21 @@ pub async fn run(
     cfg: ServerConfig,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store = Store::open(cfg.store.clone()).await.with_context(|| {
+    run_with(role, cfg, stop, Extras::default()).await
+}
+
+/// `run` with [`Extras`].
+pub async fn run_with(
+    role: Role,
+    cfg: ServerConfig,
+    stop: impl Future<Output = ()> + Send + 'static,
+    extras: Extras,
+) -> anyhow::Result<()> {
+    // The service graph's rollups see every batch that enters the store (query roles).
+    let rollups = (role != Role::Collector).then(|| Rollups::start(cfg.rollups));
+    let mut store_cfg = cfg.store.clone();
+    store_cfg.observer = rollups.as_ref().map(|r| r.observer());
+    let store = Store::open(store_cfg).await.with_context(|| {
         format!(
             "opening storage at {} (WAL {})",
             cfg.store.location,
@@ -69,6 +102,10 @@ pub async fn run(
     } else {
         Some(QueryEngine::new(store.clone())?)
     };
+    if let Some(r) = &rollups {
+        let (r, s) = (r.clone(), store.clone());
+        tokio::spawn(async move { r.load_existing(&s).await });
+    }
     let collecting = role != Role::Query;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -78,6 +115,8 @@ pub async fn run(
     let mut tasks = Vec::new();
     let mut ingest = None;
     let mut otlp_stats = None;
+    let mut tailer = None;
+    let (mut otlp_http_addr, mut otlp_grpc_addr) = (None, None);
     if collecting {
         let format =
             AccessLogFormat::compile(&cfg.access_log_format).context("--access-log-format")?;
@@ -103,6 +142,8 @@ pub async fn run(
         let http = TcpListener::bind(cfg.otlp_http_addr)
             .await
             .with_context(|| format!("binding --otlp-http-addr {}", cfg.otlp_http_addr))?;
+        otlp_grpc_addr = Some(grpc.local_addr()?);
+        otlp_http_addr = Some(http.local_addr()?);
         println!("meshscope OTLP/gRPC on {}", grpc.local_addr()?);
         println!("meshscope OTLP/HTTP on http://{}/", http.local_addr()?);
         tasks.push(tokio::spawn(meshscope_collector::otlp::serve_grpc(
@@ -122,6 +163,15 @@ pub async fn run(
             sources.clone(),
             stop_rx.clone(),
         );
+        if !cfg.access_log.is_empty() {
+            let tail = TailConfig::new(cfg.access_log.clone(), &cfg.store);
+            tailer = Some(spawn_tailer(
+                envoy.clone(),
+                tail,
+                sources.clone(),
+                stop_rx.clone(),
+            ));
+        }
         ingest = Some(envoy);
     }
     let state = AppState {
@@ -132,8 +182,16 @@ pub async fn run(
         ingest,
         otlp: otlp_stats,
         sources,
+        graph: rollups.map(|rollups| crate::graph::api::GraphState {
+            rollups,
+            health: cfg.health,
+        }),
+        demo_status: extras.demo_status,
     };
-    let app = router(state, cfg.max_body_bytes);
+    let mut app = router(state, cfg.max_body_bytes);
+    if let Some(r) = extras.routes {
+        app = app.merge(r);
+    }
     let listener = TcpListener::bind(cfg.api_addr)
         .await
         .with_context(|| format!("binding --api-addr {}", cfg.api_addr))?;
@@ -141,6 +199,13 @@ pub async fn run(
     info!(role = role.as_str(), %addr, data = %cfg.store.location, "meshscope is serving");
     // A line tests and scripts can wait for.
     println!("meshscope {} listening on http://{addr}/", role.as_str());
+    if let Some(tx) = extras.ready {
+        let _ = tx.send(Bound {
+            api: addr,
+            otlp_http: otlp_http_addr,
+            otlp_grpc: otlp_grpc_addr,
+        });
+    }
     let api = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
     let api = tokio::spawn(async move { api.await });
     stop.await;
@@ -152,6 +217,12 @@ pub async fn run(
             Err(e) => tracing::warn!(error = %e, "an OTLP receiver task failed"),
             Ok(Ok(())) => {}
         }
+    }
+    // The tailer finishes the chunk in hand and its checkpoint before the store closes.
+    if let Some(t) = tailer
+        && let Err(e) = t.await
+    {
+        tracing::warn!(error = %e, "the access-log tailer task failed");
     }
     info!("shutting down: flushing buffered rows");
     store.shutdown().await.context("flushing on shutdown")?;

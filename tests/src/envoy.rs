@@ -59,7 +59,7 @@ pub struct Breaker {
 
 /// An outbound route: the client sidecar listens on `listen_port` and sends to `service`'s
 /// sidecar at `upstream`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Outbound {
     pub listen_port: u16,
     /// e.g. `httpbin.default.svc.cluster.local`
@@ -68,6 +68,28 @@ pub struct Outbound {
     /// the destination sidecar's inbound address, e.g. 127.0.10.3:15006
     pub upstream: String,
     pub breaker: Option<Breaker>,
+    /// A DestinationRule's subsets with a VirtualService's weights: when set, the route
+    /// splits across `outbound|<port>|<subset>|<service>` clusters instead of `upstream`.
+    pub subsets: Vec<Subset>,
+    /// A VirtualService fault (Envoy's HTTP fault filter on the outbound route).
+    pub fault: Option<Fault>,
+}
+
+/// One subset of a service: its pods' sidecar address and its route weight.
+#[derive(Debug, Clone)]
+pub struct Subset {
+    pub name: String,
+    pub upstream: String,
+    pub weight: u32,
+}
+
+/// Fault injection as Istio configures it: abort a percentage with a status, delay a percentage.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fault {
+    pub abort_percent: u32,
+    pub abort_status: u16,
+    pub delay_percent: u32,
+    pub delay_ms: u64,
 }
 
 /// An inbound route: the sidecar listens on `listen` and forwards to the app on `app`.
@@ -104,11 +126,36 @@ fn q(s: &str) -> String {
 fn hcm(
     stat_prefix: &str,
     route_name: &str,
-    cluster: &str,
+    route_action: &str,
+    fault: Option<Fault>,
     log: &Path,
     otlp: bool,
     service: &str,
 ) -> String {
+    let fault_filter = fault
+        .map(|f| {
+            let mut yaml = String::from(
+                r#"
+          - name: envoy.filters.http.fault
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"#,
+            );
+            if f.abort_percent > 0 {
+                yaml.push_str(&format!(
+                    "\n              abort: {{http_status: {}, percentage: {{numerator: {}, denominator: HUNDRED}}}}",
+                    f.abort_status, f.abort_percent
+                ));
+            }
+            if f.delay_percent > 0 && f.delay_ms > 0 {
+                yaml.push_str(&format!(
+                    "\n              delay: {{fixed_delay: {}s, percentage: {{numerator: {}, denominator: HUNDRED}}}}",
+                    f.delay_ms as f64 / 1000.0,
+                    f.delay_percent
+                ));
+            }
+            yaml
+        })
+        .unwrap_or_default();
     let tracing = if otlp {
         format!(
             r#"
@@ -146,13 +193,12 @@ fn hcm(
               routes:
               - match: {{prefix: /}}
                 name: default
-                route: {{cluster: {cluster}, timeout: 10s}}
-          http_filters:
+                route: {route_action}
+          http_filters:{fault_filter}
           - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}"#,
         log = q(&log.display().to_string()),
         fmt = q(ISTIO_FORMAT),
-        cluster = q(cluster),
         route_name = q(route_name),
     )
 }
@@ -217,9 +263,28 @@ impl SidecarSpec {
         let tracing = self.otlp_grpc.is_some();
         for o in &self.outbound {
             let cname = format!("outbound|{}||{}", o.port, o.service);
+            let route_action = if o.subsets.is_empty() {
+                format!("{{cluster: {}, timeout: 10s}}", q(&cname))
+            } else {
+                let clusters: Vec<String> = o
+                    .subsets
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{{name: {}, weight: {}}}",
+                            q(&format!("outbound|{}|{}|{}", o.port, s.name, o.service)),
+                            s.weight
+                        )
+                    })
+                    .collect();
+                format!(
+                    "{{weighted_clusters: {{clusters: [{}]}}, timeout: 10s}}",
+                    clusters.join(", ")
+                )
+            };
             listeners.push_str(&format!(
                 r#"
-  - name: outbound_{port}
+  - name: outbound_{port}_{lport}
     traffic_direction: OUTBOUND
     address: {{socket_address: {{address: {ip}, port_value: {lport}}}}}
     filter_chains:
@@ -230,13 +295,20 @@ impl SidecarSpec {
                 hcm = hcm(
                     &format!("outbound_0.0.0.0_{}", o.port),
                     &o.port.to_string(),
-                    &cname,
+                    &route_action,
+                    o.fault,
                     access_log,
                     tracing,
                     &format!("{}.{}", p.app, p.namespace)
                 ),
             ));
-            clusters.push_str(&cluster(&cname, &p.ip, &o.upstream, o.breaker, false));
+            if o.subsets.is_empty() {
+                clusters.push_str(&cluster(&cname, &p.ip, &o.upstream, o.breaker, false));
+            }
+            for sub in &o.subsets {
+                let sname = format!("outbound|{}|{}|{}", o.port, sub.name, o.service);
+                clusters.push_str(&cluster(&sname, &p.ip, &sub.upstream, o.breaker, false));
+            }
         }
         for i in &self.inbound {
             let cname = format!("inbound|{}||", i.service_port);
@@ -253,7 +325,8 @@ impl SidecarSpec {
                 hcm = hcm(
                     "inbound_0.0.0.0_8000",
                     &format!("inbound|{}||", i.service_port),
-                    &cname,
+                    &format!("{{cluster: {}, timeout: 10s}}", q(&cname)),
+                    None,
                     access_log,
                     tracing,
                     &format!("{}.{}", p.app, p.namespace)
@@ -387,6 +460,11 @@ impl Sidecar {
             l.strip_prefix(&format!("{name}: "))
                 .and_then(|v| v.trim().parse().ok())
         })
+    }
+
+    /// What Envoy wrote to stderr (its warnings and errors).
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
     pub fn access_log_lines(&self) -> Vec<String> {

@@ -141,6 +141,15 @@ impl Server {
         agent().post(&self.url(path)).send(body).map(read)
     }
 
+    /// POSTs an `application/x-www-form-urlencoded` form (as Grafana does).
+    pub fn post_form(&self, path: &str, fields: &[(&str, &str)]) -> (u16, Value) {
+        let resp = agent()
+            .post(&self.url(path))
+            .send_form(fields.iter().copied())
+            .expect("POST");
+        read(resp)
+    }
+
     pub fn get_json(&self, path: &str) -> (u16, Value) {
         let resp = agent().get(&self.url(path)).call().expect("GET");
         read(resp)

@@ -59,6 +59,7 @@ pub fn start_mesh(dir: &std::path::Path, otlp_grpc: Option<String>, base: u8) ->
                 max_pending_requests: 1,
                 max_requests: 1,
             }),
+            ..Default::default()
         }],
         inbound: vec![],
         otlp_grpc,

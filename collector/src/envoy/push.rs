@@ -50,6 +50,8 @@ pub struct EnvoyIngest {
     pub format: AccessLogFormat,
     pub book: RwLock<AddressBook>,
     pub accesslog: ReceiverCounters,
+    /// Lines read from `--access-log` files (see `tail`).
+    pub accesslog_files: ReceiverCounters,
     pub stats: ReceiverCounters,
 }
 
@@ -60,6 +62,7 @@ impl EnvoyIngest {
             format,
             book: RwLock::new(AddressBook::new()),
             accesslog: ReceiverCounters::default(),
+            accesslog_files: ReceiverCounters::default(),
             stats: ReceiverCounters::default(),
         })
     }

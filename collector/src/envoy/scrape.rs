@@ -19,19 +19,27 @@ use super::stats::identity_from_server_info;
 /// An admin body larger than this is refused (a large Envoy has a few MiB of stats).
 const MAX_ADMIN_BODY: usize = 64 << 20;
 
-/// What `/api/v1/status` shows for one scraped proxy.
+/// What `/api/v1/status` shows for one source: a scraped proxy or a tailed file.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SourceStatus {
     pub kind: &'static str,
+    /// The admin URL, or the file's path.
     pub url: String,
     pub proxy: Option<String>,
+    /// Scrapes, or reads of a file that stored lines.
     pub scrapes: u64,
+    /// Samples, or access-log lines, stored.
     pub samples_stored: u64,
     pub last_success_unix: Option<u64>,
     pub last_error: Option<String>,
+    /// A tailed access-log file's progress.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<super::tail::FileProgress>,
 }
 
-/// The status of every scrape target, shared with the API.
+const KIND: &str = "envoy-admin";
+
+/// The status of every scrape target and tailed file, shared with the API.
 pub type Sources = Arc<Mutex<Vec<SourceStatus>>>;
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<bytes::Bytes>>;
@@ -88,7 +96,7 @@ pub fn spawn_scrapers(
         let mut s = sources.lock().unwrap_or_else(|e| e.into_inner());
         for u in &urls {
             s.push(SourceStatus {
-                kind: "envoy-admin",
+                kind: KIND,
                 url: u.clone(),
                 ..Default::default()
             });
@@ -109,7 +117,10 @@ pub fn spawn_scrapers(
                     }
                     let res = scrape_once(&client, &ingest, &base).await;
                     let mut all = sources.lock().unwrap_or_else(|e| e.into_inner());
-                    let st = &mut all[i];
+                    // Other sources (tailed files) come and go: find this one among its kind.
+                    let Some(st) = all.iter_mut().filter(|s| s.kind == KIND).nth(i) else {
+                        continue;
+                    };
                     st.scrapes += 1;
                     match res {
                         Ok((n, proxy)) => {

@@ -72,7 +72,12 @@ pub fn parse_prometheus(body: &str, proxy: &ProxyIdentity, time_ns: i64) -> Stat
             continue;
         }
         match check_sample_line(t) {
-            Ok(()) => good.push(Ok(line.to_string())),
+            // Envoy writes untagged stats as `envoy_server_uptime{} 12`; prometheus-parse
+            // skips an empty label set without a word, so drop the braces.
+            Ok(()) => good.push(Ok(match t.split_once("{}") {
+                Some((name, rest)) if !name.contains(['{', ' ']) => format!("{name}{rest}"),
+                _ => line.to_string(),
+            })),
             Err(reason) => out.rejected.push(RejectedStat {
                 line: i + 1,
                 reason,
@@ -409,6 +414,18 @@ cluster.inbound|8000||.upstream_rq_total: 13\n";
             out.rejected.iter().map(|r| r.line).collect::<Vec<_>>(),
             vec![2, 3]
         );
+    }
+
+    #[test]
+    fn untagged_stats_with_empty_braces_are_kept() {
+        let body = "# TYPE envoy_server_uptime gauge\nenvoy_server_uptime{} 1234\n\
+# TYPE envoy_cluster_upstream_rq_pending_overflow counter\n\
+envoy_cluster_upstream_rq_pending_overflow{cluster_name=\"c\"} 3\n";
+        let out = parse_prometheus(body, &proxy(), 1);
+        assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+        assert_eq!(out.rows.len(), 2);
+        assert_eq!(out.rows[0].metric, "envoy_server_uptime");
+        assert_eq!(out.rows[0].value, 1234.0);
     }
 
     #[test]

@@ -75,7 +75,13 @@ pub enum FsyncPolicy {
     Never,
 }
 
-#[derive(Debug, Clone)]
+/// Sees every batch the moment it becomes visible in the buffer: appended, replayed from the
+/// WAL at start, or (follower) read from the writer's WAL. Never batches already in Parquet
+/// when the store opened — `Store::manifests_at_open` lists those. Called under the buffer
+/// lock, so it must be cheap (hand the batch to a channel).
+pub type BatchObserver = Arc<dyn Fn(Table, &RecordBatch) + Send + Sync>;
+
+#[derive(Clone)]
 pub struct StoreConfig {
     /// Where Parquet segments and manifests live: a local directory or an object-store URL
     /// (`s3://bucket/prefix`, `file:///abs/path`, `memory:///`).
@@ -101,6 +107,20 @@ pub struct StoreConfig {
     pub maintenance_interval: Duration,
     /// A read-only follower (the `query` process): never writes, tails the WAL.
     pub read_only: bool,
+    /// Told about every batch that enters the buffer (the query service's rollups).
+    pub observer: Option<BatchObserver>,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("location", &self.location)
+            .field("wal_dir", &self.wal_dir)
+            .field("fsync", &self.fsync)
+            .field("read_only", &self.read_only)
+            .field("observer", &self.observer.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl StoreConfig {
@@ -119,6 +139,7 @@ impl StoreConfig {
             compaction_min_files: 8,
             maintenance_interval: Duration::from_secs(300),
             read_only: false,
+            observer: None,
         }
     }
 }
@@ -275,6 +296,18 @@ struct Inner {
     pending_deletes: Mutex<Vec<(Instant, Path)>>,
     last_refresh: Mutex<Option<Instant>>,
     lock_file: Mutex<Option<File>>,
+    /// The manifests as they were when the store opened, before any replay or flush.
+    manifests_at_open: Mutex<Vec<HourManifest>>,
+}
+
+impl Inner {
+    fn observe(&self, records: &[(Table, i64, RecordBatch)]) {
+        if let Some(obs) = &self.cfg.observer {
+            for (t, _, b) in records {
+                obs(*t, b);
+            }
+        }
+    }
 }
 
 /// A handle to the store; cheap to clone.
@@ -357,11 +390,18 @@ impl Store {
             pending_deletes: Mutex::new(Vec::new()),
             last_refresh: Mutex::new(None),
             lock_file: Mutex::new(lock_file),
+            manifests_at_open: Mutex::new(Vec::new()),
         });
         let store = Store { inner };
         store.load_manifests().await?;
+        *store
+            .inner
+            .manifests_at_open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) =
+            store.state_read().manifests.values().cloned().collect();
         if store.inner.cfg.read_only {
-            store.tail_wal()?;
+            store.tail_wal(true)?;
             return Ok(store);
         }
         let next = store.replay_wal()?;
@@ -534,7 +574,7 @@ impl Store {
         }
         // WAL first, then manifests: a segment deleted before we read it was flushed into a
         // manifest we are about to read, and a duplicate is filtered by flushed_through.
-        let flushed = self.tail_wal()?;
+        let flushed = self.tail_wal(false)?;
         let due = {
             let mut last = self
                 .inner
@@ -693,6 +733,19 @@ impl Store {
     }
 
     /// The hour manifests of a table (for tests and tools).
+    /// The hour manifests of `table` as they were when the store opened: the data the
+    /// observer was not shown (it sees everything after).
+    pub fn manifests_at_open(&self, table: Table) -> Vec<HourManifest> {
+        self.inner
+            .manifests_at_open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|m| m.table == table.name())
+            .cloned()
+            .collect()
+    }
+
     pub fn manifests(&self, table: Table) -> Vec<HourManifest> {
         self.state_read()
             .manifests
@@ -728,6 +781,7 @@ impl Store {
                 drop(st);
                 let _ = std::fs::remove_file(&path);
             } else {
+                self.inner.observe(&recs);
                 st.insert(seq, recs);
             }
         }
@@ -743,7 +797,9 @@ impl Store {
 
     /// Follower: reads what the writer appended since last time; forgets deleted segments.
     /// Returns whether any segment vanished (the writer flushed).
-    fn tail_wal(&self) -> Result<bool, StoreError> {
+    /// `initial`: the first read at open, where records already flushed to the files listed in
+    /// `manifests_at_open` are not shown to the observer.
+    fn tail_wal(&self, initial: bool) -> Result<bool, StoreError> {
         let dir = self.inner.cfg.wal_dir.clone();
         let segs = match wal::list_segments(&dir) {
             Ok(s) => s,
@@ -779,13 +835,22 @@ impl Store {
                 Err(e) => return Err(e.into()),
             };
             let mut st = self.state_write();
-            st.insert(
-                seq,
-                read.records
-                    .into_iter()
-                    .map(|r| (r.table, r.hour, r.batch))
-                    .collect(),
-            );
+            let recs: Vec<_> = read
+                .records
+                .into_iter()
+                .map(|r| (r.table, r.hour, r.batch))
+                .collect();
+            if initial {
+                let fresh: Vec<_> = recs
+                    .iter()
+                    .filter(|(t, h, _)| seq > st.flushed_through(*t, *h))
+                    .cloned()
+                    .collect();
+                self.inner.observe(&fresh);
+            } else {
+                self.inner.observe(&recs);
+            }
+            st.insert(seq, recs);
             if let Some(s) = st.segments.get_mut(&seq) {
                 s.read_offset = read.good_len;
             }
@@ -1313,6 +1378,7 @@ fn commit(store: &Store, seg: &mut wal::SegmentWriter, buf: &mut Vec<u8>, pendin
             {
                 let mut st = store.state_write();
                 for (recs, _) in pending.iter_mut() {
+                    store.inner.observe(recs);
                     st.insert(seq, std::mem::take(recs));
                 }
             }

@@ -392,7 +392,16 @@ fn fill_destination_service_from_authority(row: &mut RequestRow) {
     if host.is_empty() || host.parse::<IpAddr>().is_ok() {
         return;
     }
-    let host = host.to_string();
+    // Kubernetes short names (`reviews`, `reviews.default`) resolve in the destination's
+    // namespace; Istio's destination_service label is the FQDN, as the source side's cluster
+    // name has it, so both reporters of one call name the same service.
+    let labels: Vec<&str> = host.split('.').collect();
+    let proxy_ns = row.destination_namespace.clone();
+    let host = match (labels.as_slice(), proxy_ns.as_deref()) {
+        ([name], Some(ns)) => format!("{name}.{ns}.svc.cluster.local"),
+        ([name, ns], Some(own)) if *ns == own => format!("{name}.{ns}.svc.cluster.local"),
+        _ => host.to_string(),
+    };
     let mut labels = host.split('.');
     let name = labels.next();
     let namespace = labels.next().filter(|_| host.contains(".svc."));

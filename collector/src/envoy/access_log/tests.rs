@@ -484,7 +484,11 @@ fn inbound_plaintext_service_comes_from_the_authority() {
         "-",
     );
     let row = one_row(&line);
-    assert_eq!(row.destination_service.as_deref(), Some("productpage"));
+    // a short name resolves in the destination's namespace, as the source side names it
+    assert_eq!(
+        row.destination_service.as_deref(),
+        Some("productpage.default.svc.cluster.local")
+    );
     assert_eq!(row.destination_service_name.as_deref(), Some("productpage"));
     assert_eq!(row.destination_namespace.as_deref(), Some("default"));
 }

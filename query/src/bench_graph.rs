@@ -1,0 +1,205 @@
+//! `meshscope bench graph`: service-graph latency over rollups holding an hour of traffic.
+//!
+//! Builds the rollups the way the server does (requests batches folded in per bucket), with
+//! `rps` requests per second for `minutes` minutes spread over `edges` edges (each a
+//! source workload → destination workload call, seen by both reporters, with a few response
+//! codes and flags), then times `GET /api/v1/graph`'s work (`graph::build` over the whole
+//! hour) and prints p50/p99 latency, rollup size and memory.
+
+use std::time::{Duration, Instant};
+
+use meshscope_schemas::Table;
+use meshscope_schemas::rows::{RequestRow, requests_batch};
+
+use crate::graph::{GraphQuery, GraphType, HealthConfig, build};
+use crate::rollup::{RollupConfig, Rollups};
+
+fn rss_mib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        >> 10
+}
+
+/// Runs the benchmark for each edge count and prints one line per configuration.
+pub fn graph(edges: &[usize], rps: usize, minutes: usize, iterations: usize) -> anyhow::Result<()> {
+    println!(
+        "graph benchmark: {rps} rps for {minutes} min ({} requests), window = the whole span, {iterations} iterations",
+        rps * minutes * 60
+    );
+    for &n in edges {
+        run_one(n, rps, minutes, iterations)?;
+    }
+    Ok(())
+}
+
+fn run_one(edges: usize, rps: usize, minutes: usize, iterations: usize) -> anyhow::Result<()> {
+    let now = crate::rollup::now_secs();
+    let start = now - (minutes as i64) * 60;
+    let rollups = Rollups::start(RollupConfig {
+        resolution: Duration::from_secs(60),
+        retention: Duration::from_secs(7 * 24 * 3600),
+    });
+    rollups.mark_loaded();
+    // Sources: 1 per 10 edges, so 50 edges look like a mesh of ~60 workloads.
+    let sources = (edges / 10).max(1);
+    let mut rng = 0x9e3779b97f4a7c15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let rss_before = rss_mib("VmRSS:");
+    let fold_started = Instant::now();
+    let mut rows_total = 0usize;
+    let per_sec = rps;
+    let mut batch: Vec<RequestRow> = Vec::with_capacity(per_sec * 10);
+    for sec in 0..(minutes * 60) {
+        let t = (start + sec as i64) * 1_000_000_000;
+        for i in 0..per_sec {
+            let e = (next() as usize) % edges;
+            let src = e % sources;
+            let r = next();
+            let (code, flags) = match r % 100 {
+                0..=1 => (503, Some("UO")),
+                2..=3 => (503, Some("FI")),
+                4..=6 => (500, None),
+                7..=9 => (404, None),
+                _ => (200, None),
+            };
+            let local = flags.is_some();
+            let mut row = RequestRow {
+                start_time_unix_nano: t + (i as i64) * 1000,
+                response_code: code,
+                response_flags: flags.map(str::to_string),
+                duration_ms: (next() % 200) as i64 + if r % 50 == 0 { 1000 } else { 1 },
+                bytes_received: 100,
+                bytes_sent: 1000 + (r % 500) as i64,
+                reporter: Some(
+                    if local || r % 2 == 0 {
+                        "source"
+                    } else {
+                        "destination"
+                    }
+                    .into(),
+                ),
+                request_protocol: Some("http".into()),
+                source_namespace: Some("bench".into()),
+                source_workload: Some(format!("client-{src}")),
+                source_app: Some(format!("client-{src}")),
+                source_version: Some("v1".into()),
+                destination_service: Some(format!("svc-{e}.bench.svc.cluster.local")),
+                destination_service_name: Some(format!("svc-{e}")),
+                ..Default::default()
+            };
+            if !local {
+                row.destination_namespace = Some("bench".into());
+                row.destination_workload = Some(format!("svc-{e}-v1"));
+                row.destination_app = Some(format!("svc-{e}"));
+                row.destination_version = Some("v1".into());
+            }
+            batch.push(row);
+        }
+        if batch.len() >= per_sec * 10 || sec + 1 == minutes * 60 {
+            rows_total += batch.len();
+            rollups.fold(Table::Requests, &requests_batch(&batch)?);
+            batch.clear();
+        }
+    }
+    let fold = fold_started.elapsed();
+    let (buckets, label_sets) = {
+        let st = rollups.read();
+        (
+            st.edges.len(),
+            st.edges.values().map(|b| b.len()).sum::<usize>(),
+        )
+    };
+    let q = GraphQuery {
+        from_ns: start * 1_000_000_000,
+        to_ns: now * 1_000_000_000,
+        graph_type: GraphType::Workload,
+        namespaces: vec![],
+        include_idle: false,
+        inject_service_nodes: true,
+        health: HealthConfig::default(),
+    };
+    let mut times = Vec::with_capacity(iterations);
+    let mut shown = (0, 0);
+    for _ in 0..iterations.max(1) {
+        let t = Instant::now();
+        let st = rollups.read();
+        let g = build(&st, 60, &q);
+        let body = serde_json::to_vec(&g)?;
+        times.push(t.elapsed());
+        shown = (g.edges.len(), body.len());
+    }
+    times.sort();
+    let pct = |p: f64, times: &[Duration]| {
+        times[((p * times.len() as f64).ceil() as usize).clamp(1, times.len()) - 1]
+    };
+    println!(
+        "{edges:>6} edges: folded {rows_total} rows in {:.2} s ({:.0} rows/s); rollups {buckets} buckets, {label_sets} label sets, +{} MiB RSS; graph of the hour ({} edges drawn, {} KiB JSON): p50 {:.1} ms, p99 {:.1} ms",
+        fold.as_secs_f64(),
+        rows_total as f64 / fold.as_secs_f64(),
+        rss_mib("VmRSS:").saturating_sub(rss_before),
+        shown.0,
+        shown.1 >> 10,
+        pct(0.5, &times).as_secs_f64() * 1e3,
+        pct(0.99, &times).as_secs_f64() * 1e3,
+    );
+    // Istio's service dashboard: request rate and p95 of one service, 1 h at a 15 s step
+    let service = "svc-1.bench.svc.cluster.local";
+    for (panel, q) in [
+        (
+            "request rate",
+            format!(
+                "round(sum(irate(istio_requests_total{{reporter=~\"source|destination\",destination_service=~\"{service}\"}}[1m])), 0.001)"
+            ),
+        ),
+        (
+            "p95 latency",
+            format!(
+                "histogram_quantile(0.95, sum(irate(istio_request_duration_milliseconds_bucket{{reporter=~\"source|destination\",destination_service=~\"{service}\"}}[1m])) by (le))"
+            ),
+        ),
+    ] {
+        let expr = promql_parser::parser::parse(&q).map_err(anyhow::Error::msg)?;
+        let mut times = Vec::new();
+        let mut points = 0;
+        for _ in 0..iterations.max(1) {
+            let t = Instant::now();
+            let mut sels = Vec::new();
+            crate::prom::eval::selectors(&expr, &mut sels).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut map = std::collections::HashMap::new();
+            {
+                let st = rollups.read();
+                for (vs, _) in sels {
+                    let name = vs.name.clone().unwrap_or_default();
+                    let series = crate::prom::series::rollup_series(&st, 60, &name, &vs.matchers)
+                        .unwrap_or_default();
+                    map.insert(crate::prom::eval::selector_key(&vs), series);
+                }
+            }
+            let ev = crate::prom::eval::Evaluator {
+                series: map,
+                now_ms: now * 1000,
+            };
+            let out = crate::prom::eval_range(&ev, &expr, start * 1000, now * 1000, 15_000)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let _ = serde_json::to_vec(&out.iter().collect::<Vec<_>>())?;
+            times.push(t.elapsed());
+            points = out.values().map(Vec::len).sum();
+        }
+        times.sort();
+        println!(
+            "{edges:>6} edges: Prometheus query_range 1 h / 15 s, Istio service dashboard {panel} ({points} points): p50 {:.1} ms, p99 {:.1} ms",
+            pct(0.5, &times).as_secs_f64() * 1e3,
+            pct(0.99, &times).as_secs_f64() * 1e3,
+        );
+    }
+    Ok(())
+}

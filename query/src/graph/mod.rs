@@ -1,0 +1,821 @@
+//! The service graph: rollups of a time window → nodes and edges with RED numbers, the
+//! canary split, latency percentiles, response codes × Envoy flags, circuit-breaker state and
+//! health, as a petgraph `DiGraph` (layered left to right for drawing).
+//!
+//! Kiali's rules: destination-reported rows are preferred; source-reported rows count only
+//! for requests the destination never saw (local replies: `UO`, `UH`, `NR`, `FI`, …), or for
+//! a (source workload, destination service) pair no destination proxy reported at all.
+
+pub mod api;
+pub mod render;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use meshscope_schemas::envoy::{IstioCluster, LOCAL_REPLY_FLAGS, response_flag_meaning};
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde::Serialize;
+
+use crate::rollup::breaker::{
+    CX_OVERFLOW, EJECTIONS_ACTIVE, EJECTIONS_ENFORCED, OVERFLOW_COUNTERS, PENDING_OVERFLOW,
+    is_open_gauge,
+};
+use crate::rollup::edges::{EdgeAgg, EdgeKey, Label, service_namespace};
+use crate::rollup::{LatencySketch, RollupState};
+
+/// Kiali's graph types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphType {
+    Workload,
+    App,
+    VersionedApp,
+    Service,
+}
+
+impl GraphType {
+    pub fn parse(s: &str) -> Option<GraphType> {
+        Some(match s {
+            "workload" => GraphType::Workload,
+            "app" => GraphType::App,
+            "versioned_app" | "versionedApp" => GraphType::VersionedApp,
+            "service" => GraphType::Service,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GraphType::Workload => "workload",
+            GraphType::App => "app",
+            GraphType::VersionedApp => "versioned_app",
+            GraphType::Service => "service",
+        }
+    }
+}
+
+/// Kiali's default health thresholds, in percent of requests.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct HealthConfig {
+    /// 5xx (and code 0: no response) above this → degraded (0: any 5xx).
+    pub degraded_5xx: f64,
+    /// 5xx at or above this → failure.
+    pub failure_5xx: f64,
+    pub degraded_4xx: f64,
+    pub failure_4xx: f64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            degraded_5xx: 0.0,
+            failure_5xx: 10.0,
+            degraded_4xx: 10.0,
+            failure_4xx: 20.0,
+        }
+    }
+}
+
+impl HealthConfig {
+    /// Parses `5xx=0:10,4xx=10:20` (degraded:failure percentages).
+    pub fn parse(s: &str) -> Result<HealthConfig, String> {
+        let mut h = HealthConfig::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (class, th) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}`: expected 5xx=<degraded>:<failure>"))?;
+            let (d, f) = th
+                .split_once(':')
+                .ok_or_else(|| format!("`{part}`: expected <degraded>:<failure>"))?;
+            let num = |v: &str| {
+                v.trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|x| (0.0..=100.0).contains(x))
+                    .ok_or_else(|| format!("`{part}`: `{v}` is not a percentage 0…100"))
+            };
+            let (d, f) = (num(d)?, num(f)?);
+            if d > f {
+                return Err(format!("`{part}`: degraded is above failure"));
+            }
+            match class.trim() {
+                "5xx" => (h.degraded_5xx, h.failure_5xx) = (d, f),
+                "4xx" => (h.degraded_4xx, h.failure_4xx) = (d, f),
+                c => return Err(format!("`{c}`: expected 5xx or 4xx")),
+            }
+        }
+        Ok(h)
+    }
+
+    fn rate_health(&self, rate: f64, degraded: f64, failure: f64) -> Health {
+        if rate > 0.0 && rate >= failure {
+            Health::Failure
+        } else if rate > degraded || (degraded > 0.0 && rate >= degraded) {
+            Health::Degraded
+        } else {
+            Health::Healthy
+        }
+    }
+
+    pub fn health(&self, requests: u64, errors_5xx: u64, errors_4xx: u64) -> Health {
+        if requests == 0 {
+            return Health::Idle;
+        }
+        let pct = |n: u64| 100.0 * n as f64 / requests as f64;
+        self.rate_health(pct(errors_5xx), self.degraded_5xx, self.failure_5xx)
+            .max(self.rate_health(pct(errors_4xx), self.degraded_4xx, self.failure_4xx))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Idle,
+    Healthy,
+    Degraded,
+    Failure,
+}
+
+/// What to draw.
+#[derive(Debug, Clone)]
+pub struct GraphQuery {
+    pub from_ns: i64,
+    pub to_ns: i64,
+    pub graph_type: GraphType,
+    /// Empty: all namespaces. Otherwise edges touching one of these.
+    pub namespaces: Vec<String>,
+    pub include_idle: bool,
+    /// Kiali's default: a service node between a caller and the workloads behind the service,
+    /// so `source → service` carries everything the caller sent (local replies included) and
+    /// `service → workload` edges carry the split across versions.
+    pub inject_service_nodes: bool,
+    pub health: HealthConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Node {
+    pub id: String,
+    pub kind: &'static str,
+    pub namespace: Option<String>,
+    pub workload: Option<String>,
+    pub app: Option<String>,
+    pub version: Option<String>,
+    pub service: Option<String>,
+    pub health: Health,
+    /// Requests into and out of the node in the window.
+    pub requests_in: u64,
+    pub requests_out: u64,
+    pub errors_in: u64,
+    /// Layer for a left-to-right layout: 0 for nodes nothing calls.
+    pub rank: usize,
+    #[serde(skip)]
+    in_5xx: u64,
+    #[serde(skip)]
+    in_4xx: u64,
+    #[serde(skip)]
+    out_requests_5xx: (u64, u64, u64),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub avg: Option<f64>,
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+impl Latency {
+    fn of(sketch: &LatencySketch, sum: f64) -> Latency {
+        let n = sketch.count();
+        let q = |q: f64| sketch.quantile(q).map(round3);
+        Latency {
+            avg: (n > 0).then(|| round3(sum / n as f64)),
+            p50: q(0.5),
+            p95: q(0.95),
+            p99: q(0.99),
+        }
+    }
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FlagCount {
+    pub count: u64,
+    pub meaning: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CodeFlags {
+    pub code: u16,
+    pub flags: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CircuitBreaker {
+    pub tripped: bool,
+    /// Requests the breaker refused: the increase of upstream_rq_pending_overflow +
+    /// upstream_rq_retry_overflow of the source proxies' clusters for the destination service.
+    pub overflow: f64,
+    pub pending_overflow: f64,
+    /// Connections the breaker refused (upstream_cx_overflow): the requests waited instead.
+    pub cx_overflow: f64,
+    /// Requests answered `UO` (upstream overflow) in the access logs.
+    pub uo_responses: u64,
+    /// A `circuit_breakers.*_open` gauge was 1 in the window.
+    pub open: bool,
+    pub open_gauges: Vec<String>,
+    /// Outlier ejections enforced in the window, and the most hosts ejected at once.
+    pub ejections: f64,
+    pub ejections_active_max: f64,
+    /// Requests answered `UH` (no healthy upstream).
+    pub uh_responses: u64,
+    /// The clusters whose stats fed this.
+    pub clusters: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FaultInjection {
+    /// Requests aborted by fault injection (`FI`).
+    pub aborted: u64,
+    /// Requests delayed by fault injection (`DI`).
+    pub delayed: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Edge {
+    pub id: String,
+    pub source: String,
+    pub target: String,
+    pub protocol: String,
+    /// The destination service most of this edge's requests went to.
+    pub destination_service: Option<String>,
+    pub requests: u64,
+    pub rps: f64,
+    pub errors: u64,
+    pub errors_5xx: u64,
+    pub errors_4xx: u64,
+    pub error_rate: f64,
+    /// This edge's share of its source's requests to `destination_service` (the canary split).
+    pub traffic_share: f64,
+    pub latency_ms: Latency,
+    /// Latency as each side measured it, when both reported.
+    pub latency_ms_by_reporter: BTreeMap<String, Latency>,
+    pub response_codes: BTreeMap<String, u64>,
+    pub response_flags: BTreeMap<String, FlagCount>,
+    pub codes_by_flags: Vec<CodeFlags>,
+    /// Request bytes (source → destination) and response bytes.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub circuit_breaker: CircuitBreaker,
+    pub fault_injection: FaultInjection,
+    pub health: Health,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Graph {
+    pub graph_type: GraphType,
+    /// The window asked for (unix seconds) and the rollup buckets it covered.
+    pub from: f64,
+    pub to: f64,
+    pub buckets_from: i64,
+    pub buckets_to: i64,
+    pub resolution_seconds: i64,
+    pub nodes: Vec<Node>,
+    pub edges: Vec<Edge>,
+}
+
+/// Per-edge accumulation while building.
+#[derive(Default)]
+struct Acc {
+    agg: EdgeAgg,
+    by_reporter: BTreeMap<String, (LatencySketch, f64)>,
+    codes: BTreeMap<String, u64>,
+    code_flags: BTreeMap<(u16, String), u64>,
+    flags: BTreeMap<String, u64>,
+    services: BTreeMap<String, u64>,
+    protocols: BTreeMap<String, u64>,
+    sources: HashSet<(String, String)>,
+    /// The edge starts at a caller (not an injected service node): its proxy's breaker stats
+    /// describe it.
+    from_caller: bool,
+    e5: u64,
+    e4: u64,
+}
+
+impl Acc {
+    fn add(&mut self, k: &EdgeKey, a: &EdgeAgg) {
+        self.agg.merge(a);
+        let code = k.response_code();
+        *self.codes.entry(code.to_string()).or_default() += a.requests;
+        *self
+            .code_flags
+            .entry((code, k.get(Label::ResponseFlags).to_string()))
+            .or_default() += a.requests;
+        for f in k.flags() {
+            *self.flags.entry(f.to_string()).or_default() += a.requests;
+        }
+        if let Some(s) = k.known(Label::DestinationService) {
+            *self.services.entry(s.to_string()).or_default() += a.requests;
+        }
+        *self
+            .protocols
+            .entry(k.get(Label::RequestProtocol).to_string())
+            .or_default() += a.requests;
+        if let (Some(ns), Some(wl)) = (
+            k.known(Label::SourceWorkloadNamespace),
+            k.known(Label::SourceWorkload),
+        ) {
+            self.sources.insert((ns.to_string(), wl.to_string()));
+        }
+        if is_5xx(code) {
+            self.e5 += a.requests;
+        } else if is_4xx(code) {
+            self.e4 += a.requests;
+        }
+    }
+}
+
+/// The edges one label set adds to: caller → destination, or with service nodes injected,
+/// caller → service (→ workload when the request reached one).
+fn hops(k: &EdgeKey, src: Node, dst: Node, q: &GraphQuery) -> Vec<(Node, Node)> {
+    if !q.inject_service_nodes || q.graph_type == GraphType::Service || dst.kind == "service" {
+        return vec![(src, dst)];
+    }
+    let svc = node_for(k, false, GraphType::Service);
+    if svc.kind != "service" {
+        return vec![(src, dst)];
+    }
+    vec![(src, svc.clone()), (svc, dst)]
+}
+
+fn is_5xx(code: u16) -> bool {
+    code >= 500 || code == 0
+}
+
+fn is_4xx(code: u16) -> bool {
+    (400..500).contains(&code)
+}
+
+fn local_reply(k: &EdgeKey) -> bool {
+    k.flags()
+        .any(|f| LOCAL_REPLY_FLAGS.contains(&f) || f == "DI")
+}
+
+fn ns_of_service(k: &EdgeKey) -> Option<&str> {
+    k.known(Label::DestinationServiceNamespace).or_else(|| {
+        k.known(Label::DestinationService)
+            .and_then(service_namespace)
+    })
+}
+
+/// The node a side of a label set stands for.
+fn node_for(k: &EdgeKey, source: bool, gt: GraphType) -> Node {
+    let (wl, ns, app, ver, canon) = if source {
+        (
+            k.known(Label::SourceWorkload),
+            k.known(Label::SourceWorkloadNamespace),
+            k.known(Label::SourceApp),
+            k.known(Label::SourceVersion),
+            k.known(Label::SourceCanonicalService),
+        )
+    } else {
+        (
+            k.known(Label::DestinationWorkload),
+            k.known(Label::DestinationWorkloadNamespace),
+            k.known(Label::DestinationApp),
+            k.known(Label::DestinationVersion),
+            k.known(Label::DestinationCanonicalService),
+        )
+    };
+    let svc_name = k.known(Label::DestinationServiceName);
+    let svc_ns = ns_of_service(k).or(ns);
+    let mk = |id: String, kind: &'static str| Node {
+        id,
+        kind,
+        namespace: None,
+        workload: None,
+        app: None,
+        version: None,
+        service: None,
+        health: Health::Idle,
+        requests_in: 0,
+        requests_out: 0,
+        errors_in: 0,
+        rank: 0,
+        in_5xx: 0,
+        in_4xx: 0,
+        out_requests_5xx: (0, 0, 0),
+    };
+    let service_node = || {
+        let name = svc_name.or(k.known(Label::DestinationService));
+        match name {
+            Some(name) => {
+                let mut n = mk(
+                    format!("service:{}/{}", svc_ns.unwrap_or("unknown"), name),
+                    "service",
+                );
+                n.namespace = svc_ns.map(str::to_string);
+                n.service = Some(name.to_string());
+                n
+            }
+            None => mk("unknown".into(), "unknown"),
+        }
+    };
+    let unknown = || mk("unknown".into(), "unknown");
+    let nsv = ns.unwrap_or("unknown");
+    let mut n = match gt {
+        GraphType::Workload => match wl {
+            Some(w) => {
+                let mut n = mk(format!("workload:{nsv}/{w}"), "workload");
+                n.workload = Some(w.to_string());
+                n
+            }
+            None if source => return unknown(),
+            None => return service_node(),
+        },
+        GraphType::App | GraphType::VersionedApp => match app.or(canon) {
+            Some(a) => {
+                let versioned = gt == GraphType::VersionedApp;
+                let id = match (versioned, ver) {
+                    (true, Some(v)) => format!("app:{nsv}/{a}/{v}"),
+                    _ => format!("app:{nsv}/{a}"),
+                };
+                let mut n = mk(id, "app");
+                n.app = Some(a.to_string());
+                if versioned {
+                    n.version = ver.map(str::to_string);
+                }
+                if wl.is_some() && versioned {
+                    n.workload = wl.map(str::to_string);
+                }
+                n
+            }
+            None if source => return unknown(),
+            None => return service_node(),
+        },
+        GraphType::Service => {
+            if source {
+                match canon.or(app).or(wl) {
+                    Some(s) => {
+                        let mut n = mk(format!("service:{nsv}/{s}"), "service");
+                        n.service = Some(s.to_string());
+                        n
+                    }
+                    None => return unknown(),
+                }
+            } else {
+                return service_node();
+            }
+        }
+    };
+    n.namespace = ns.map(str::to_string);
+    if n.app.is_none() {
+        n.app = app.map(str::to_string);
+    }
+    if n.version.is_none() && gt == GraphType::Workload {
+        n.version = ver.map(str::to_string);
+    }
+    if !source && n.service.is_none() {
+        n.service = svc_name.map(str::to_string);
+    }
+    n
+}
+
+/// Builds the graph for `q` from the rollups.
+pub fn build(st: &RollupState, resolution_secs: i64, q: &GraphQuery) -> Graph {
+    let res = resolution_secs.max(1);
+    let from_s = q.from_ns.div_euclid(1_000_000_000);
+    let to_s = (q.to_ns + 999_999_999).div_euclid(1_000_000_000);
+    let b_from = from_s - from_s.rem_euclid(res);
+    let b_to = to_s + (res - to_s.rem_euclid(res)) % res;
+    // 1. the window's label sets, merged over buckets
+    let mut window: HashMap<&EdgeKey, EdgeAgg> = HashMap::new();
+    for (_, bucket) in st.edges.range(b_from..b_to) {
+        for (k, a) in bucket {
+            window.entry(k).or_default().merge(a);
+        }
+    }
+    // Span-derived calls fill in pairs (caller service, destination service) that no access
+    // log covers in this window.
+    let logged: HashSet<(&str, &str)> = window
+        .keys()
+        .map(|k| {
+            (
+                k.get(Label::SourceCanonicalService),
+                k.get(Label::DestinationServiceName),
+            )
+        })
+        .collect();
+    let mut from_spans: HashMap<&EdgeKey, EdgeAgg> = HashMap::new();
+    for (_, bucket) in st.span_edges.range(b_from..b_to) {
+        for (k, a) in bucket {
+            let p = (
+                k.get(Label::SourceCanonicalService),
+                k.get(Label::DestinationServiceName),
+            );
+            if !logged.contains(&p) {
+                from_spans.entry(k).or_default().merge(a);
+            }
+        }
+    }
+    window.extend(from_spans);
+    let mut idle_keys: Vec<&EdgeKey> = Vec::new();
+    if q.include_idle {
+        for bucket in st.edges.values() {
+            for k in bucket.keys() {
+                if !window.contains_key(k) {
+                    idle_keys.push(k);
+                }
+            }
+        }
+    }
+    // 2. pairs some destination proxy reported
+    let pair = |k: &EdgeKey| {
+        (
+            k.get(Label::SourceWorkloadNamespace).to_string(),
+            k.get(Label::SourceWorkload).to_string(),
+            k.get(Label::DestinationServiceName).to_string(),
+            ns_of_service(k).unwrap_or("unknown").to_string(),
+        )
+    };
+    let dest_reported: HashSet<(String, String, String, String)> = window
+        .keys()
+        .filter(|k| k.get(Label::Reporter) == "destination")
+        .map(|k| pair(k))
+        .collect();
+    let ns_ok = |n: &Node| {
+        q.namespaces.is_empty()
+            || n.namespace
+                .as_ref()
+                .is_some_and(|ns| q.namespaces.iter().any(|x| x == ns))
+    };
+    // 3. fold label sets into edges
+    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
+    let mut accs: BTreeMap<(String, String), Acc> = BTreeMap::new();
+    for (k, a) in &window {
+        let src = node_for(k, true, q.graph_type);
+        let dst = node_for(k, false, q.graph_type);
+        if !ns_ok(&src) && !ns_ok(&dst) {
+            continue;
+        }
+        let reporter = k.get(Label::Reporter);
+        let counted = reporter != "source" || local_reply(k) || !dest_reported.contains(&pair(k));
+        for (from, to) in hops(k, src, dst, q) {
+            let acc = accs.entry((from.id.clone(), to.id.clone())).or_default();
+            acc.from_caller |= from.kind != "service" || q.graph_type == GraphType::Service;
+            let r = acc.by_reporter.entry(reporter.to_string()).or_default();
+            r.0.merge(&a.duration);
+            r.1 += a.duration_ms_sum;
+            nodes.entry(from.id.clone()).or_insert(from);
+            nodes.entry(to.id.clone()).or_insert(to);
+            if counted {
+                acc.add(k, a);
+            }
+        }
+    }
+    for k in idle_keys {
+        let src = node_for(k, true, q.graph_type);
+        let dst = node_for(k, false, q.graph_type);
+        if !ns_ok(&src) && !ns_ok(&dst) {
+            continue;
+        }
+        for (from, to) in hops(k, src, dst, q) {
+            let acc = accs.entry((from.id.clone(), to.id.clone())).or_default();
+            if let Some(s) = k.known(Label::DestinationService) {
+                acc.services.entry(s.to_string()).or_default();
+            }
+            acc.protocols
+                .entry(k.get(Label::RequestProtocol).to_string())
+                .or_default();
+            nodes.entry(from.id.clone()).or_insert(from);
+            nodes.entry(to.id.clone()).or_insert(to);
+        }
+    }
+    // 4. shares: per (source node, destination service)
+    let mut per_service: HashMap<(String, String), u64> = HashMap::new();
+    for ((s, _), acc) in &accs {
+        for (svc, n) in &acc.services {
+            *per_service.entry((s.clone(), svc.clone())).or_default() += n;
+        }
+    }
+    let secs = ((q.to_ns - q.from_ns) as f64 / 1e9).max(1e-9);
+    let mut edges = Vec::with_capacity(accs.len());
+    for ((s, t), acc) in accs {
+        if acc.agg.requests == 0 && !q.include_idle {
+            continue;
+        }
+        let service = acc
+            .services
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(s, _)| s.clone());
+        let share = service
+            .as_ref()
+            .and_then(|svc| per_service.get(&(s.clone(), svc.clone())))
+            .filter(|d| **d > 0)
+            .map_or(0.0, |d| {
+                acc.services[service.as_ref().unwrap_or(&String::new())] as f64 / *d as f64
+            });
+        let requests = acc.agg.requests;
+        let errors = acc.e5 + acc.e4;
+        let mut cb = breaker_for(st, &acc, q);
+        cb.uo_responses = acc.flags.get("UO").copied().unwrap_or(0);
+        cb.uh_responses = acc.flags.get("UH").copied().unwrap_or(0);
+        cb.tripped = cb.uo_responses > 0 || cb.overflow > 0.0 || cb.cx_overflow > 0.0 || cb.open;
+        let health = q.health.health(requests, acc.e5, acc.e4);
+        if let Some(n) = nodes.get_mut(&t) {
+            n.requests_in += requests;
+            n.in_5xx += acc.e5;
+            n.in_4xx += acc.e4;
+            n.errors_in += errors;
+        }
+        if let Some(n) = nodes.get_mut(&s) {
+            n.requests_out += requests;
+            n.out_requests_5xx.0 += requests;
+            n.out_requests_5xx.1 += acc.e5;
+            n.out_requests_5xx.2 += acc.e4;
+        }
+        edges.push(Edge {
+            id: format!("{s}->{t}"),
+            protocol: acc
+                .protocols
+                .iter()
+                .max_by_key(|(_, n)| **n)
+                .map_or_else(|| "http".into(), |(p, _)| p.clone()),
+            destination_service: service,
+            requests,
+            rps: round3(requests as f64 / secs),
+            errors,
+            errors_5xx: acc.e5,
+            errors_4xx: acc.e4,
+            error_rate: if requests > 0 {
+                round3(errors as f64 / requests as f64)
+            } else {
+                0.0
+            },
+            traffic_share: round3(share),
+            latency_ms: Latency::of(&acc.agg.duration, acc.agg.duration_ms_sum),
+            latency_ms_by_reporter: acc
+                .by_reporter
+                .iter()
+                .filter(|(r, _)| *r != "unknown")
+                .map(|(r, (sk, sum))| (r.clone(), Latency::of(sk, *sum)))
+                .collect(),
+            response_codes: acc.codes,
+            response_flags: acc
+                .flags
+                .iter()
+                .map(|(f, n)| {
+                    (
+                        f.clone(),
+                        FlagCount {
+                            count: *n,
+                            meaning: response_flag_meaning(f).unwrap_or("not an Envoy flag"),
+                        },
+                    )
+                })
+                .collect(),
+            codes_by_flags: acc
+                .code_flags
+                .into_iter()
+                .map(|((code, flags), count)| CodeFlags { code, flags, count })
+                .collect(),
+            bytes_sent: acc.agg.request_bytes,
+            bytes_received: acc.agg.response_bytes,
+            circuit_breaker: cb,
+            fault_injection: FaultInjection {
+                aborted: acc.flags.get("FI").copied().unwrap_or(0),
+                delayed: acc.flags.get("DI").copied().unwrap_or(0),
+            },
+            health,
+            source: s,
+            target: t,
+        });
+    }
+    // 5. node health: from inbound traffic, else outbound
+    for n in nodes.values_mut() {
+        n.health = if n.requests_in > 0 {
+            q.health.health(n.requests_in, n.in_5xx, n.in_4xx)
+        } else {
+            let (r, e5, e4) = n.out_requests_5xx;
+            q.health.health(r, e5, e4)
+        };
+    }
+    let used: BTreeSet<&str> = edges
+        .iter()
+        .flat_map(|e| [e.source.as_str(), e.target.as_str()])
+        .collect();
+    let mut nodes: Vec<Node> = nodes
+        .into_values()
+        .filter(|n| used.contains(n.id.as_str()))
+        .collect();
+    assign_ranks(&mut nodes, &edges);
+    Graph {
+        graph_type: q.graph_type,
+        from: q.from_ns as f64 / 1e9,
+        to: q.to_ns as f64 / 1e9,
+        buckets_from: b_from,
+        buckets_to: b_to,
+        resolution_seconds: res,
+        nodes,
+        edges,
+    }
+}
+
+/// Breaker state of one edge from its source proxies' stats for the destination service.
+fn breaker_for(st: &RollupState, acc: &Acc, q: &GraphQuery) -> CircuitBreaker {
+    let mut cb = CircuitBreaker::default();
+    if !acc.from_caller || acc.sources.is_empty() || acc.services.is_empty() {
+        return cb;
+    }
+    let mut clusters = BTreeSet::new();
+    let mut open = BTreeSet::new();
+    for (key, series) in &st.breaker.series {
+        if !acc.sources.contains(&(
+            key.proxy_namespace.to_string(),
+            key.proxy_workload.to_string(),
+        )) {
+            continue;
+        }
+        let Some(host) = IstioCluster::parse(&key.cluster_name).and_then(|c| c.host) else {
+            continue;
+        };
+        if !acc.services.contains_key(&host) {
+            continue;
+        }
+        let m = &*key.metric;
+        if OVERFLOW_COUNTERS.contains(&m) {
+            let started = st.breaker.proxy_started_ns(
+                &key.proxy,
+                series.samples.keys().next().copied().unwrap_or(q.from_ns),
+            );
+            let inc = series.increase(q.from_ns, q.to_ns, started);
+            if m == CX_OVERFLOW {
+                cb.cx_overflow += inc;
+            } else {
+                cb.overflow += inc;
+            }
+            if m == PENDING_OVERFLOW {
+                cb.pending_overflow += inc;
+            }
+        } else if m == EJECTIONS_ENFORCED {
+            let started = st.breaker.proxy_started_ns(
+                &key.proxy,
+                series.samples.keys().next().copied().unwrap_or(q.from_ns),
+            );
+            cb.ejections += series.increase(q.from_ns, q.to_ns, started);
+        } else if m == EJECTIONS_ACTIVE {
+            cb.ejections_active_max = cb
+                .ejections_active_max
+                .max(series.max(q.from_ns, q.to_ns).unwrap_or(0.0));
+        } else if is_open_gauge(m) && series.max(q.from_ns, q.to_ns).unwrap_or(0.0) >= 1.0 {
+            open.insert(
+                m.trim_start_matches("envoy_cluster_circuit_breakers_")
+                    .to_string(),
+            );
+        }
+        clusters.insert(key.cluster_name.to_string());
+    }
+    cb.open = !open.is_empty();
+    cb.open_gauges = open.into_iter().collect();
+    cb.clusters = clusters.into_iter().collect();
+    cb
+}
+
+/// Layers for a left-to-right drawing: a node's rank is the longest path to it from a node
+/// nothing calls, over the graph with cycles condensed (petgraph's SCCs), so it is stable
+/// between refreshes as long as the topology is.
+fn assign_ranks(nodes: &mut [Node], edges: &[Edge]) {
+    let mut g: DiGraph<usize, ()> = DiGraph::new();
+    let idx: HashMap<&str, NodeIndex> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.as_str(), g.add_node(i)))
+        .collect();
+    for e in edges {
+        if let (Some(a), Some(b)) = (idx.get(e.source.as_str()), idx.get(e.target.as_str()))
+            && a != b
+        {
+            g.update_edge(*a, *b, ());
+        }
+    }
+    let cond = petgraph::algo::condensation(g, true);
+    let order = petgraph::algo::toposort(&cond, None).unwrap_or_default();
+    let mut rank = vec![0usize; cond.node_count()];
+    for c in order {
+        for next in cond.neighbors(c) {
+            rank[next.index()] = rank[next.index()].max(rank[c.index()] + 1);
+        }
+    }
+    for c in cond.node_indices() {
+        for &i in &cond[c] {
+            nodes[i].rank = rank[c.index()];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

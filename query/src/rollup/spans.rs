@@ -1,0 +1,288 @@
+//! Edges from spans, for pairs no access log describes (meshes without access logging, or
+//! services instrumented with an OpenTelemetry SDK only). Like Tempo's service-graph
+//! processor: a CLIENT span and the SERVER span whose parent it is make one call; each side
+//! becomes a row of the same edge rollups as access logs (`source` reporter with the
+//! client-measured duration, `destination` with the server's), so the graph merges them by
+//! the same rules. A client span left unpaired for `PAIR_WAIT` becomes a source-reported call
+//! to the service its `upstream_cluster` names; an unpaired server span a call from `unknown`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Int32Type, Int64Type, TimestampNanosecondType};
+use meshscope_schemas::envoy::IstioCluster;
+use meshscope_schemas::table::spans as sp;
+
+use super::RollupState;
+use super::edges::{EdgeAgg, EdgeKey, LABEL_COUNT, UNKNOWN};
+
+/// How long a span waits for its other half.
+pub const PAIR_WAIT: Duration = Duration::from_secs(10);
+/// At most this many spans wait; beyond it the oldest are settled unpaired.
+pub const MAX_PENDING: usize = 200_000;
+
+#[derive(Debug, Clone)]
+pub struct Side {
+    service: String,
+    namespace: Option<String>,
+    time_ns: i64,
+    duration_ms: f64,
+    code: i32,
+    error: bool,
+    flags: Option<String>,
+    /// The destination service host a client span names (its `upstream_cluster`).
+    host: Option<String>,
+    protocol: &'static str,
+}
+
+type Key = ([u8; 16], [u8; 8]);
+
+#[derive(Default)]
+pub struct SpanPairer {
+    clients: HashMap<Key, (Instant, Side)>,
+    servers: HashMap<Key, (Instant, Side)>,
+}
+
+impl SpanPairer {
+    pub fn pending(&self) -> usize {
+        self.clients.len() + self.servers.len()
+    }
+}
+
+fn fixed<const N: usize>(
+    a: Option<&arrow::array::FixedSizeBinaryArray>,
+    row: usize,
+) -> Option<[u8; N]> {
+    a.filter(|a| a.is_valid(row))
+        .and_then(|a| a.value(row).try_into().ok())
+}
+
+/// Folds a `spans` batch in; returns the spans that took part.
+pub(super) fn fold_spans(
+    st: &mut RollupState,
+    batch: &RecordBatch,
+    res: i64,
+    oldest: i64,
+) -> usize {
+    let s = |n: &str| {
+        batch
+            .column_by_name(n)
+            .and_then(|c| c.as_string_opt::<i32>())
+    };
+    let fsb = |n: &str| {
+        batch
+            .column_by_name(n)
+            .and_then(|c| c.as_fixed_size_binary_opt())
+    };
+    let (Some(kind), Some(service), Some(time), Some(dur)) = (
+        s(sp::KIND),
+        s(sp::SERVICE_NAME),
+        batch
+            .column_by_name(sp::START_TIME)
+            .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>()),
+        batch
+            .column_by_name(sp::DURATION_NS)
+            .and_then(|c| c.as_primitive_opt::<Int64Type>()),
+    ) else {
+        return 0;
+    };
+    let (trace, span, parent) = (fsb(sp::TRACE_ID), fsb(sp::SPAN_ID), fsb(sp::PARENT_SPAN_ID));
+    let status = s(sp::STATUS_CODE);
+    let http = batch
+        .column_by_name(sp::HTTP_STATUS_CODE)
+        .and_then(|c| c.as_primitive_opt::<Int32Type>());
+    let (flags, cluster, canon, ns, proto) = (
+        s(sp::RESPONSE_FLAGS),
+        s(sp::UPSTREAM_CLUSTER),
+        s(sp::ISTIO_CANONICAL_SERVICE),
+        s(sp::ISTIO_NAMESPACE),
+        s(sp::HTTP_PROTOCOL),
+    );
+    fn opt(a: Option<&arrow::array::StringArray>, row: usize) -> Option<&str> {
+        a.filter(|a| a.is_valid(row))
+            .map(|a| a.value(row))
+            .filter(|v| !v.is_empty() && *v != "-")
+    }
+    let now = Instant::now();
+    let mut n = 0;
+    for row in 0..batch.num_rows() {
+        let k = kind.value(row);
+        if k != "client" && k != "server" {
+            continue;
+        }
+        let Some(tid) = fixed::<16>(trace, row) else {
+            continue;
+        };
+        // Envoy names its service `<app>.<namespace>`; Istio's attributes say it exactly.
+        let full = service.value(row);
+        let (short, ns_from_name) = match full.split_once('.') {
+            Some((a, b)) if !b.contains('.') => (a, Some(b)),
+            _ => (full, None),
+        };
+        let side = Side {
+            service: opt(canon, row).unwrap_or(short).to_string(),
+            namespace: opt(ns, row).or(ns_from_name).map(str::to_string),
+            time_ns: time.value(row),
+            duration_ms: dur.value(row).max(0) as f64 / 1e6,
+            code: http.filter(|h| h.is_valid(row)).map_or(0, |h| h.value(row)),
+            error: opt(status, row) == Some("error"),
+            flags: opt(flags, row).map(str::to_string),
+            host: opt(cluster, row)
+                .and_then(IstioCluster::parse)
+                .and_then(|c| c.host),
+            protocol: if opt(proto, row).is_some_and(|p| p.contains("gRPC") || p == "grpc") {
+                "grpc"
+            } else {
+                "http"
+            },
+        };
+        if side.time_ns < oldest.saturating_mul(1_000_000_000) {
+            continue;
+        }
+        n += 1;
+        if k == "client" {
+            let Some(sid) = fixed::<8>(span, row) else {
+                continue;
+            };
+            match st.spans.servers.remove(&(tid, sid)) {
+                Some((_, server)) => emit_pair(st, &side, &server, res),
+                None => {
+                    st.spans.clients.insert((tid, sid), (now, side));
+                }
+            }
+        } else {
+            match fixed::<8>(parent, row) {
+                Some(pid) => match st.spans.clients.remove(&(tid, pid)) {
+                    Some((_, client)) => emit_pair(st, &client, &side, res),
+                    None => {
+                        st.spans.servers.insert((tid, pid), (now, side));
+                    }
+                },
+                // A root server span: the caller has no tracer (ingress, a test client).
+                None => emit(st, None, Some(&side), &side, "destination", res),
+            }
+        }
+    }
+    settle(st, res, now, false);
+    n
+}
+
+/// Settles spans that waited too long (or all of them, `all`), unpaired.
+pub(super) fn settle(st: &mut RollupState, res: i64, now: Instant, all: bool) {
+    let over = st.spans.pending().saturating_sub(MAX_PENDING);
+    let expired = |at: &Instant| all || now.duration_since(*at) >= PAIR_WAIT;
+    let mut late_clients: Vec<Side> = Vec::new();
+    let mut late_servers: Vec<Side> = Vec::new();
+    st.spans.clients.retain(|_, (at, side)| {
+        let go = expired(at);
+        if go {
+            late_clients.push(side.clone());
+        }
+        !go
+    });
+    st.spans.servers.retain(|_, (at, side)| {
+        let go = expired(at);
+        if go {
+            late_servers.push(side.clone());
+        }
+        !go
+    });
+    if over > 0 {
+        // Still too many: settle the oldest clients first (bounded memory beats pairing).
+        let mut by_age: Vec<(Instant, Key)> = st
+            .spans
+            .clients
+            .iter()
+            .map(|(k, (at, _))| (*at, *k))
+            .collect();
+        by_age.sort();
+        for (_, k) in by_age.into_iter().take(over) {
+            if let Some((_, side)) = st.spans.clients.remove(&k) {
+                late_clients.push(side);
+            }
+        }
+    }
+    for c in late_clients {
+        emit(st, Some(&c), None, &c, "source", res);
+    }
+    for s in late_servers {
+        emit(st, None, Some(&s), &s, "destination", res);
+    }
+}
+
+fn emit_pair(st: &mut RollupState, client: &Side, server: &Side, res: i64) {
+    emit(st, Some(client), Some(server), client, "source", res);
+    emit(st, Some(client), Some(server), server, "destination", res);
+}
+
+/// One side's row of the call `client → server` (either may be unknown).
+fn emit(
+    st: &mut RollupState,
+    client: Option<&Side>,
+    server: Option<&Side>,
+    measured: &Side,
+    reporter: &str,
+    res: i64,
+) {
+    let u = |o: Option<&str>| o.unwrap_or(UNKNOWN).to_string();
+    let src = client.map(|c| c.service.as_str());
+    let src_ns = client.and_then(|c| c.namespace.as_deref());
+    let dst = server.map(|s| s.service.as_str());
+    let dst_ns = server.and_then(|s| s.namespace.as_deref());
+    let host = client.and_then(|c| c.host.clone()).or_else(|| {
+        dst.map(|d| match dst_ns {
+            Some(ns) => format!("{d}.{ns}.svc.cluster.local"),
+            None => d.to_string(),
+        })
+    });
+    let Some(host) = host else {
+        return;
+    };
+    let host_name = host.split('.').next().unwrap_or(&host).to_string();
+    let host_ns = super::edges::service_namespace(&host)
+        .filter(|_| host.contains(".svc."))
+        .map(str::to_string)
+        .or(dst_ns.map(str::to_string));
+    let code = if measured.code != 0 {
+        measured.code
+    } else if measured.error {
+        500
+    } else {
+        200
+    };
+    let flags = client
+        .and_then(|c| c.flags.clone())
+        .or_else(|| server.and_then(|s| s.flags.clone()))
+        .unwrap_or_else(|| "-".into());
+    let labels: [String; LABEL_COUNT] = [
+        reporter.to_string(),
+        u(src),
+        u(src_ns),
+        u(src),
+        UNKNOWN.into(),
+        u(src),
+        u(dst),
+        u(dst_ns),
+        u(dst),
+        UNKNOWN.into(),
+        u(dst),
+        host.clone(),
+        host_name,
+        u(host_ns.as_deref()),
+        measured.protocol.to_string(),
+        code.to_string(),
+        flags,
+    ];
+    let secs = measured.time_ns.div_euclid(1_000_000_000);
+    let bucket = secs - secs.rem_euclid(res.max(1));
+    let key = EdgeKey(labels.map(|l| st.interner.get(&l)));
+    let mut agg = EdgeAgg::default();
+    agg.add(measured.duration_ms, 0, 0);
+    st.span_edges
+        .entry(bucket)
+        .or_default()
+        .entry(key)
+        .or_default()
+        .merge(&agg);
+}
