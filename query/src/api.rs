@@ -70,6 +70,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         r = r.route("/api/v1/ingest/rows/{table}", post(ingest_rows));
     }
     let push = state.ingest.clone();
+    let traces = state.engine.clone().map(|e| (e, state.sql_limits));
     let graph = state.graph.clone();
     let prom = match (&state.graph, &state.engine) {
         (Some(g), Some(e)) => Some(crate::prom::PromState {
@@ -80,6 +81,11 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         _ => None,
     };
     let mut r = r.with_state(Arc::new(state));
+    if let Some((engine, limits)) = traces {
+        r = r
+            .merge(crate::traces::routes(engine.clone(), limits))
+            .merge(crate::jaeger::routes(engine, limits));
+    }
     if let Some(g) = graph {
         r = r.merge(crate::graph::api::routes(g));
     }

@@ -290,6 +290,15 @@ pub enum BenchWhat {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Trace APIs: trace-by-id and request-id lookup latency, warm and cold, over many spans.
+    Lookup {
+        /// Spans to store (each with its access-log row).
+        #[arg(long, default_value_t = 1_000_000)]
+        spans: usize,
+        /// Where to put the data [default: a temporary directory].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// The validated server configuration.

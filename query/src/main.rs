@@ -64,6 +64,9 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
                     batch,
                     dir,
                 } => meshscope_query::bench::storage(spans, writers, batch, dir).await,
+                BenchWhat::Lookup { spans, dir } => {
+                    meshscope_query::bench::lookup(spans, dir).await
+                }
                 BenchWhat::Graph {
                     edges,
                     rps,

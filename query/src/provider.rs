@@ -10,6 +10,7 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{DFSchema, Result, ScalarValue};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::{DataSourceExec, MemorySourceConfig};
+use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction;
@@ -214,7 +215,13 @@ impl TableProvider for StoreTable {
                 .with_pushdown_filters(true)
                 .with_reorder_filters(true)
                 .with_enable_page_index(true)
-                .with_bloom_filter_on_read(true);
+                .with_bloom_filter_on_read(true)
+                // Footers and page indexes from the session's metadata cache: a warm lookup
+                // then reads only bloom filters and data pages (segments never change).
+                .with_parquet_file_reader_factory(Arc::new(CachedParquetFileReaderFactory::new(
+                    self.store.object_store(),
+                    state.runtime_env().cache_manager.get_file_metadata_cache(),
+                )));
             if let Some(e) = conjunction(filters.iter().cloned()) {
                 let dfs = DFSchema::try_from(schema.clone())?;
                 src = src.with_predicate(state.create_physical_expr(e, &dfs)?);

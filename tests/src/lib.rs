@@ -379,3 +379,4 @@ pub fn stat(i: u64, t_ns: i64) -> StatSampleRow {
 
 pub mod app;
 pub mod envoy;
+pub mod mesh;
