@@ -10,3 +10,4 @@ pub mod provider;
 pub mod rollup;
 pub mod server;
 pub mod sql;
+pub mod ui;
