@@ -65,6 +65,15 @@ export const fmt = {
   time: (unixNs) => new Date(unixNs / 1e6).toISOString().replace('T', ' ').replace('Z', ''),
 };
 
+const PALETTE = ['#4e79a7', '#f28e2b', '#59a14f', '#b07aa1', '#76b7b2', '#edc948', '#9c755f', '#ff9da7', '#86bcb6', '#a0cbe8'];
+
+/** Distinct colours for the services of one trace (sorted names → the same colours each time). */
+export function serviceColours(names) {
+  const sorted = [...new Set(names)].sort();
+  const m = new Map(sorted.map((n, i) => [n, i < PALETTE.length ? PALETTE[i] : serviceColour(n)]));
+  return (n) => m.get(n) || serviceColour(n);
+}
+
 /** A stable colour per service name (same name, same colour, in both themes). */
 export function serviceColour(name) {
   let x = 2166136261;

@@ -8,7 +8,7 @@ const WINDOWS = ['1m', '5m', '15m', '1h', 'custom'];
 const TYPES = [['workload', 'Workload'], ['app', 'App'], ['versioned_app', 'Versioned app'], ['service', 'Service']];
 const LABELS = [['none', 'No edge labels'], ['rps', 'Requests/s'], ['error', 'Error %'], ['p95', 'p95 latency'], ['share', 'Traffic share']];
 const REFRESH = [['0', 'Off'], ['5', '5 s'], ['10', '10 s'], ['30', '30 s'], ['60', '1 min']];
-const COL = 240, ROW = 96, PAD = 70, R = 17;
+const COL = 165, ROW = 92, PAD = 40, R = 17;
 
 /** The view's settings as they sit in the URL, with defaults. */
 function settings(params) {
@@ -74,7 +74,7 @@ export function layout(graph) {
   const pos = new Map();
   columns.forEach((col, ci) => {
     const top = PAD + ((tallest - col.length) * ROW) / 2;
-    col.forEach((n, i) => pos.set(n.id, { x: PAD + 40 + ci * COL, y: top + i * ROW, col: ci }));
+    col.forEach((n, i) => pos.set(n.id, { x: PAD + 60 + ci * COL, y: top + i * ROW, col: ci }));
   });
   // App boxes: versions of one app side by side in one layer.
   const boxes = [];
@@ -90,8 +90,8 @@ export function layout(graph) {
   }
   return {
     pos, boxes,
-    width: PAD * 2 + 80 + Math.max(0, columns.length - 1) * COL,
-    height: PAD * 2 + (tallest - 1) * ROW + 30,
+    width: PAD * 2 + 120 + Math.max(0, columns.length - 1) * COL,
+    height: PAD * 2 + (tallest - 1) * ROW + 60,
   };
 }
 
@@ -253,10 +253,14 @@ export class Topology {
     }
     const L = layout(g);
     const byId = new Map(g.nodes.map((n) => [n.id, n]));
+    // Scaled down to fit the pane, never up: labels stay readable on small graphs.
     const svg = s('svg', {
-      width: L.width, height: L.height, viewBox: `0 0 ${L.width} ${L.height}`, class: 'topology',
+      viewBox: `0 0 ${L.width} ${L.height}`, class: 'topology', preserveAspectRatio: 'xMinYMin meet',
       role: 'group', 'aria-label': 'Service graph',
     });
+    // CSSOM, allowed by the CSP; below 85 % the pane scrolls instead.
+    svg.style.maxWidth = L.width + 'px';
+    svg.style.minWidth = Math.round(L.width * 0.85) + 'px';
     const defs = s('defs', {});
     for (const hl of ['healthy', 'degraded', 'failure', 'idle']) {
       defs.append(s('marker', { id: 'arrow-' + hl, viewBox: '0 0 10 10', refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: 'auto-start-reverse' },
@@ -267,7 +271,7 @@ export class Topology {
     for (const b of L.boxes) {
       const a = L.pos.get(b.first), z = L.pos.get(b.last);
       svg.append(s('g', { class: 'appbox', 'data-testid': 'app-box' },
-        s('rect', { x: a.x - 62, y: a.y - R - 22, width: 124, height: z.y - a.y + 2 * R + 52, rx: 10 }),
+        s('rect', { x: a.x - 62, y: a.y - R - 22, width: 124, height: z.y - a.y + 2 * R + 58, rx: 10 }),
         s('text', { x: a.x - 56, y: a.y - R - 8, class: 'boxlabel' }, b.app)));
     }
     const edgesG = s('g', { class: 'edges' });

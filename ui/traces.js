@@ -2,7 +2,7 @@
 // (GET api/v1/traces), and the waterfall of one trace (GET api/v1/traces/<id>) or of one
 // x-request-id (GET api/v1/requests/<id>) with the access-log lines of every proxy.
 
-import { h, s, clear, route, getJSON, fmt, serviceColour, activate } from './dom.js';
+import { h, s, clear, route, getJSON, fmt, serviceColours, activate } from './dom.js';
 
 const LOOKBACKS = ['5m', '15m', '1h', '6h', '24h', '7d'];
 const LOOKBACK_MS = { '5m': 3e5, '15m': 9e5, '1h': 3.6e6, '6h': 2.16e7, '24h': 8.64e7, '7d': 6.048e8 };
@@ -82,7 +82,7 @@ export class TraceSearch {
     this.scatter.replaceChildren(scatter(traces));
     const rows = traces.map((t) => h('tr', { 'data-testid': 'result-row', class: t.error_count ? 'err' : '' },
       h('td', {}, h('a', { href: route('trace/' + t.trace_id) }, fmt.time(t.start_unix_nano))),
-      h('td', {}, h('span', { class: 'dot', 'data-colour': '' }), `${t.root_service || '?'}: ${t.root_name || ''}`),
+      h('td', {}, `${t.root_service || '?'}: ${t.root_name || ''}`),
       h('td', { class: 'num' }, fmt.ns(t.duration_ns)),
       h('td', { class: 'num' }, String(t.span_count)),
       h('td', { class: 'num' + (t.error_count ? ' bad' : '') }, String(t.error_count)),
@@ -220,6 +220,7 @@ export class TraceView {
       svg.append(s('line', { x1: xs(ns), y1: TOP - 6, x2: xs(ns), y2: TOP + t.spans.length * ROWH, class: 'grid-line' }),
         s('text', { x: xs(ns), y: TOP - 10, 'text-anchor': i === 0 ? 'start' : i === 4 ? 'end' : 'middle', class: 'tick' }, fmt.ns(ns)));
     }
+    const colourOf = serviceColours(t.spans.map((x) => x.service_name));
     const crit = new Map();
     for (const c of t.critical_path || []) {
       if (!crit.has(c.span_id)) crit.set(c.span_id, []);
@@ -227,7 +228,7 @@ export class TraceView {
     }
     t.spans.forEach((sp, i) => {
       const y = TOP + i * ROWH;
-      const colour = serviceColour(sp.service_name);
+      const colour = colourOf(sp.service_name);
       const bx = xs(sp.offset_ns), bw = Math.max(2, (sp.duration_ns / total) * BARW);
       const label = `${sp.service_name}  ${sp.name}`;
       const maxChars = Math.floor((LABEL - 24 - sp.depth * 12) / 6.4);
@@ -262,7 +263,7 @@ export class TraceView {
     close.addEventListener('click', () => { this.spanId = ''; location.hash = this.hash({ span: '' }); });
     return h('aside', { class: 'panel', 'data-testid': 'span-details' }, close,
       h('h2', {}, sp.name),
-      h('p', { class: 'muted' }, h('span', { class: 'dot', 'aria-hidden': 'true' }), sp.service_name, ' · ', sp.kind, sp.error ? ' · ' : '', sp.error ? h('span', { class: 'badge failure' }, 'error') : ''),
+      h('p', { class: 'muted' }, sp.service_name, ' · ', sp.kind, sp.error ? ' · ' : '', sp.error ? h('span', { class: 'badge failure' }, 'error') : ''),
       h('table', { class: 'kv' }, h('tbody', {}, [
         ['span id', sp.span_id], ['parent', sp.parent_span_id || '–'], ['start', sp.start_time],
         ['duration', fmt.ns(sp.duration_ns)], ['self time', fmt.ns(sp.self_ns)], ['on critical path', fmt.ns(sp.critical_path_ns)],
@@ -282,6 +283,7 @@ export class TraceView {
 }
 
 function summary(t) {
+  const colourOf = serviceColours(t.spans.map((x) => x.service_name));
   return h('div', { class: 'trace-summary', 'data-testid': 'trace-summary' },
     h('span', {}, 'trace ', h('code', { 'data-testid': 'trace-id' }, t.trace_id)),
     h('span', {}, t.start_time), h('span', {}, fmt.ns(t.duration_ns)),
@@ -289,7 +291,7 @@ function summary(t) {
     h('span', { class: t.error_count ? 'bad' : '' }, `${t.error_count} errors`),
     h('span', { class: 'services' }, (t.services || []).map((sv) => {
       const chip = h('span', { class: 'chip' }, sv);
-      chip.style.borderColor = serviceColour(sv); // CSSOM, allowed by the CSP
+      chip.style.borderColor = colourOf(sv); // CSSOM, allowed by the CSP
       return chip;
     })));
 }

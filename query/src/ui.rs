@@ -56,7 +56,10 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(|| async { file("index.html") }))
         .route("/ui/", get(|| async { file("index.html") }))
-        .route("/ui/{file}", get(|Path(f): Path<String>| async move { file(&f) }))
+        .route(
+            "/ui/{file}",
+            get(|Path(f): Path<String>| async move { file(&f) }),
+        )
 }
 
 fn file(name: &str) -> Response {
@@ -81,7 +84,10 @@ fn file(name: &str) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     // The files change only with the binary; revalidating is cheap on loopback.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
@@ -114,7 +120,10 @@ mod tests {
             assert_eq!(r.headers()[header::CONTENT_TYPE], ty, "{path}");
             assert_eq!(r.headers()[header::CONTENT_SECURITY_POLICY], CSP, "{path}");
         }
-        assert_eq!(get("/ui/../Cargo.toml").await.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            get("/ui/../Cargo.toml").await.status(),
+            StatusCode::NOT_FOUND
+        );
         assert_eq!(get("/ui/nope.js").await.status(), StatusCode::NOT_FOUND);
     }
 
@@ -128,7 +137,14 @@ mod tests {
                 "{name} names an absolute URL"
             );
             if name.ends_with(".js") {
-                assert!(!body.contains("innerHTML"), "{name} uses innerHTML");
+                for sink in [
+                    ".innerHTML",
+                    ".outerHTML",
+                    "insertAdjacentHTML(",
+                    "document.write(",
+                ] {
+                    assert!(!body.contains(sink), "{name} parses HTML with {sink}");
+                }
             }
         }
         let index = FILES[0].2;

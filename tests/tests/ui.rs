@@ -185,9 +185,27 @@ fn ui_in_headless_chromium() {
         let t = now - chrono::Duration::milliseconds(40_000 - i as i64 * 1000);
         let rid = format!("7f3c2a10-{i:04x}-4e5b-9c1d-{:012x}", 0xb00c1f0 + i);
         let ok = (200, "-", "via_upstream");
-        call(&mut logs, t, &rid, &INGRESS, &PRODUCTPAGE, "/productpage", ok, 60);
+        call(
+            &mut logs,
+            t,
+            &rid,
+            &INGRESS,
+            &PRODUCTPAGE,
+            "/productpage",
+            ok,
+            60,
+        );
         let reviews = if i % 4 == 3 { &REVIEWS_V2 } else { &REVIEWS_V1 };
-        call(&mut logs, t, &rid, &PRODUCTPAGE, reviews, "/reviews/0", ok, 30);
+        call(
+            &mut logs,
+            t,
+            &rid,
+            &PRODUCTPAGE,
+            reviews,
+            "/reviews/0",
+            ok,
+            30,
+        );
         let fault = i % 8 == 7;
         if reviews.version == "v2" {
             let r = if fault {
@@ -199,11 +217,24 @@ fn ui_in_headless_chromium() {
         }
         let uo = i % 3 == 0;
         let d = if uo {
-            (503, "UO", "upstream_reset_before_response_started{overflow}")
+            (
+                503,
+                "UO",
+                "upstream_reset_before_response_started{overflow}",
+            )
         } else {
             ok
         };
-        call(&mut logs, t, &rid, &PRODUCTPAGE, &DETAILS, "/details/0", d, 6);
+        call(
+            &mut logs,
+            t,
+            &rid,
+            &PRODUCTPAGE,
+            &DETAILS,
+            "/details/0",
+            d,
+            6,
+        );
         if i % 8 == 7 || i == 4 {
             traced.push((i, t, rid, fault, uo));
         }
@@ -227,7 +258,12 @@ fn ui_in_headless_chromium() {
         );
         let (status, v) = server.post_text(&path, &body.join("\n"));
         assert_eq!(status, 200, "{v}");
-        assert_eq!(v["stored"].as_u64(), Some(body.len() as u64), "{}: {v}", pod.name);
+        assert_eq!(
+            v["stored"].as_u64(),
+            Some(body.len() as u64),
+            "{}: {v}",
+            pod.name
+        );
     }
 
     // Sidecar spans of a few of those requests, over OTLP/HTTP JSON. One attribute is a
@@ -240,23 +276,93 @@ fn ui_in_headless_chromium() {
         let base = (*i as u64 + 1) << 8;
         let rid = rid.as_str();
         let pp = "productpage.default.svc.cluster.local:9080/productpage";
-        by_service.entry("istio-ingressgateway.istio-system").or_default().push(span(
-            &trace, base + 1, None, pp, 3, ms(0.0), 60.0, 200, "-", rid, &[]));
-        by_service.entry("productpage.default").or_default().extend([
-            span(&trace, base + 2, Some(base + 1), pp, 2, ms(1.0), 58.0, 200, "-", rid,
-                &[("user.comment", "<img src=x onerror=alert(1)>")]),
-            span(&trace, base + 3, Some(base + 2), "reviews.default.svc.cluster.local:9080/*", 3,
-                ms(4.0), 30.0, 200, "-", rid, &[]),
-            span(&trace, base + 6, Some(base + 2), "details.default.svc.cluster.local:9080/*", 3,
-                ms(40.0), if *uo { 0.3 } else { 6.0 }, if *uo { 503 } else { 200 },
-                if *uo { "UO" } else { "-" }, rid, &[]),
-        ]);
+        by_service
+            .entry("istio-ingressgateway.istio-system")
+            .or_default()
+            .push(span(
+                &trace,
+                base + 1,
+                None,
+                pp,
+                3,
+                ms(0.0),
+                60.0,
+                200,
+                "-",
+                rid,
+                &[],
+            ));
+        by_service
+            .entry("productpage.default")
+            .or_default()
+            .extend([
+                span(
+                    &trace,
+                    base + 2,
+                    Some(base + 1),
+                    pp,
+                    2,
+                    ms(1.0),
+                    58.0,
+                    200,
+                    "-",
+                    rid,
+                    &[("user.comment", "<img src=x onerror=alert(1)>")],
+                ),
+                span(
+                    &trace,
+                    base + 3,
+                    Some(base + 2),
+                    "reviews.default.svc.cluster.local:9080/*",
+                    3,
+                    ms(4.0),
+                    30.0,
+                    200,
+                    "-",
+                    rid,
+                    &[],
+                ),
+                span(
+                    &trace,
+                    base + 6,
+                    Some(base + 2),
+                    "details.default.svc.cluster.local:9080/*",
+                    3,
+                    ms(40.0),
+                    if *uo { 0.3 } else { 6.0 },
+                    if *uo { 503 } else { 200 },
+                    if *uo { "UO" } else { "-" },
+                    rid,
+                    &[],
+                ),
+            ]);
         by_service.entry("reviews.default").or_default().extend([
-            span(&trace, base + 4, Some(base + 3), "reviews.default.svc.cluster.local:9080/*", 2,
-                ms(5.0), 28.0, 200, "-", rid, &[]),
-            span(&trace, base + 5, Some(base + 4), "ratings.default.svc.cluster.local:9080/*", 3,
-                ms(12.0), if *fault { 0.2 } else { 4.0 }, if *fault { 500 } else { 200 },
-                if *fault { "FI" } else { "-" }, rid, &[]),
+            span(
+                &trace,
+                base + 4,
+                Some(base + 3),
+                "reviews.default.svc.cluster.local:9080/*",
+                2,
+                ms(5.0),
+                28.0,
+                200,
+                "-",
+                rid,
+                &[],
+            ),
+            span(
+                &trace,
+                base + 5,
+                Some(base + 4),
+                "ratings.default.svc.cluster.local:9080/*",
+                3,
+                ms(12.0),
+                if *fault { 0.2 } else { 4.0 },
+                if *fault { 500 } else { 200 },
+                if *fault { "FI" } else { "-" },
+                rid,
+                &[],
+            ),
         ]);
     }
     let resource_spans: Vec<Value> = by_service
@@ -294,7 +400,8 @@ fn ui_in_headless_chromium() {
     let root = workspace_root();
     let script = root.join("tests/browser/ui.test.mjs");
     assert!(
-        root.join("tests/browser/node_modules/playwright-core").exists(),
+        root.join("tests/browser/node_modules/playwright-core")
+            .exists(),
         "playwright-core is missing: run tests/run.sh, or `npm ci` in tests/browser"
     );
     assert!(
