@@ -1,4 +1,5 @@
-//! The web UI: the files of `ui/`, embedded at compile time, served at `/` and `/ui/<file>`.
+//! The web UI: the files of `ui/`, embedded at compile time: `index.html` at `/`, the others
+//! at `/ui/<file>`.
 //! Every answer carries a strict Content-Security-Policy (scripts, styles and data from this
 //! origin only, no inline script), so data rendered by the UI can never run as code.
 
@@ -55,10 +56,15 @@ const FILES: &[(&str, &str, &str)] = &[
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(|| async { file("index.html") }))
-        .route("/ui/", get(|| async { file("index.html") }))
+        // index.html names its assets relative to `/`, so it is served there only.
         .route(
             "/ui/{file}",
-            get(|Path(f): Path<String>| async move { file(&f) }),
+            get(|Path(f): Path<String>| async move {
+                if f == "index.html" {
+                    return (StatusCode::NOT_FOUND, "the UI is at /").into_response();
+                }
+                file(&f)
+            }),
         )
 }
 
@@ -125,6 +131,7 @@ mod tests {
             StatusCode::NOT_FOUND
         );
         assert_eq!(get("/ui/nope.js").await.status(), StatusCode::NOT_FOUND);
+        assert_eq!(get("/ui/index.html").await.status(), StatusCode::NOT_FOUND);
     }
 
     #[test]
