@@ -20,8 +20,11 @@ export class TraceSearch {
       field('tags', 'Tags', 'http.status_code=503 response_flags=UO'),
       field('min_duration', 'Min duration', '100ms'),
       field('max_duration', 'Max duration', '2s'),
-      h('label', {}, h('span', {}, 'Last'), h('select', { name: 'lookback', 'data-testid': 'search-lookback' },
-        LOOKBACKS.map((l) => h('option', { value: l }, l)))),
+      h('label', {}, h('span', {}, 'Time'), h('select', { name: 'lookback', 'data-testid': 'search-lookback' },
+        LOOKBACKS.map((l) => h('option', { value: l }, 'last ' + l)), h('option', { value: 'custom' }, 'custom…'))),
+      h('span', { class: 'custom', hidden: true },
+        h('label', {}, h('span', {}, 'From'), h('input', { type: 'datetime-local', name: 'from', step: 1, 'data-testid': 'search-from' })),
+        h('label', {}, h('span', {}, 'To'), h('input', { type: 'datetime-local', name: 'to', step: 1, 'data-testid': 'search-to' }))),
       h('label', {}, h('span', {}, 'Limit'), h('input', { name: 'limit', type: 'number', min: 1, max: 1000, 'data-testid': 'search-limit' })),
       h('label', { class: 'check' }, h('input', { type: 'checkbox', name: 'error', value: 'true', 'data-testid': 'search-error' }), h('span', {}, 'errors only')),
       h('button', { type: 'submit', 'data-testid': 'search-submit' }, 'Search'));
@@ -30,19 +33,28 @@ export class TraceSearch {
       const f = new FormData(this.form);
       const p = {};
       for (const k of [...FIELDS, 'lookback', 'limit', 'error']) p[k] = f.get(k) || '';
+      if (p.lookback === 'custom') {
+        for (const k of ['from', 'to']) p[k] = f.get(k) ? new Date(f.get(k)).toISOString() : '';
+      }
       p.t = Date.now(); // a new search even when nothing changed
       location.hash = route('traces', p);
     });
     this.edgeNote = h('p', { class: 'edge-note', hidden: true, 'data-testid': 'edge-search' });
     this.scatter = h('div', { class: 'scatter', 'data-testid': 'scatter' });
     this.results = h('div', { class: 'results', 'data-testid': 'results' });
+    this.form.elements.lookback.addEventListener('change', () => {
+      this.form.querySelector('.custom').hidden = this.form.elements.lookback.value !== 'custom';
+    });
     root.append(this.form, this.edgeNote, this.scatter, this.results);
   }
 
   show(r) {
     const p = r.params;
     for (const k of FIELDS) this.form.elements[k].value = p.get(k) || '';
-    this.form.elements.lookback.value = p.get('lookback') || '1h';
+    const lookback = p.get('lookback') || '1h';
+    this.form.elements.lookback.value = lookback;
+    this.form.querySelector('.custom').hidden = lookback !== 'custom';
+    for (const k of ['from', 'to']) this.form.elements[k].value = toLocalInput(p.get(k));
     this.form.elements.limit.value = p.get('limit') || '20';
     this.form.elements.error.checked = p.get('error') === 'true';
     const edge = EDGE_FIELDS.some((k) => p.get(k));
@@ -56,8 +68,11 @@ export class TraceSearch {
     const q = new URLSearchParams();
     const keys = edge ? [...EDGE_FIELDS, 'min_duration', 'max_duration'] : [...FIELDS, 'error'];
     for (const k of keys) if (p.get(k)) q.set(k, p.get(k));
-    const lb = LOOKBACK_MS[p.get('lookback') || '1h'] || 3.6e6;
-    q.set('from', new Date(Date.now() - lb).toISOString());
+    if (lookback === 'custom') {
+      for (const k of ['from', 'to']) if (p.get(k)) q.set(k, p.get(k));
+    } else {
+      q.set('from', new Date(Date.now() - (LOOKBACK_MS[lookback] || 3.6e6)).toISOString());
+    }
     q.set('limit', p.get('limit') || '20');
     this.search('api/v1/traces?' + q.toString());
   }
@@ -101,6 +116,14 @@ export class TraceSearch {
     }
     this.results.replaceChildren(...out);
   }
+}
+
+/** An ISO time → the value of a datetime-local input (local time, seconds). */
+export function toLocalInput(iso) {
+  if (!iso) return '';
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return '';
+  return new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19);
 }
 
 /** Duration over time: one dot per trace, red when it has errors; a dot opens its trace. */

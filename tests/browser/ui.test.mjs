@@ -102,6 +102,24 @@ try {
   await page.waitForFunction(() => document.querySelector('[data-testid=panel-title]')?.textContent.startsWith('productpage'));
   check(true, 'a node opens from the keyboard');
 
+  // Switches: edge labels, graph type, namespace (each one a new URL, drawn from the API).
+  await page.selectOption('[data-testid=edge-labels]', 'error');
+  await page.waitForFunction(() => [...document.querySelectorAll('[data-testid=edge-label] text')].every((t) => t.textContent.endsWith('%')));
+  check(page.url().includes('labels=error'), 'edge labels switch to error % (and the URL says so)');
+  const wl = await api('api/v1/graph?window=5m&graph_type=workload&inject_service_nodes=true');
+  await page.selectOption('[data-testid=graph-type]', 'workload');
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid=node][data-kind=app]').length === 0);
+  const wlNodes = await page.locator('[data-testid=node]').count();
+  check(wlNodes === wl.nodes.length && await page.locator('[data-testid=node][data-kind=workload]').count() >= 5,
+    `the workload graph shows workloads (${wlNodes} nodes)`);
+  const ns = await api('api/v1/graph?window=5m&graph_type=workload&inject_service_nodes=true&namespace=istio-system');
+  await page.selectOption('[data-testid=namespace]', 'istio-system');
+  await page.waitForFunction((n) => document.querySelectorAll('[data-testid=edge]').length === n, ns.edges.length);
+  check(ns.edges.length < wl.edges.length, `the namespace filter narrows the graph (${ns.edges.length} of ${wl.edges.length} edges)`);
+  await page.selectOption('[data-testid=namespace]', '');
+  await page.selectOption('[data-testid=graph-type]', 'versioned_app');
+  await page.waitForSelector('[data-testid=node][data-kind=app]');
+
   // Dark theme.
   await page.click('[data-testid=theme-toggle]');
   const bg = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
@@ -156,6 +174,15 @@ try {
   check(results === found.traces.length, `the search lists every trace (${results})`);
   check(await page.locator('[data-testid=scatter-point]').count() === results, 'one scatter point per trace');
   await page.screenshot({ path: join(artifacts, 'search.png'), fullPage: true });
+
+  // The form: errors only, one service.
+  const errs = await api('api/v1/traces?service=reviews.default&error=true&limit=20');
+  await page.fill('[data-testid=search-service]', 'reviews.default');
+  await page.check('[data-testid=search-error]');
+  await page.click('[data-testid=search-submit]');
+  await page.waitForFunction(() => location.hash.includes('error=true'));
+  await page.waitForFunction((n) => document.querySelectorAll('[data-testid=result-row]').length === n, errs.traces.length);
+  check(errs.traces.length >= 1 && errs.traces.length < found.traces.length, `the search form filters (${errs.traces.length} error traces)`);
 
   // Edge samples from the topology link.
   await page.goto(new URL(`#/topology?window=5m&type=versioned_app&refresh=0&edge=${encodeURIComponent(trippedEdge.id)}`, base).href);
