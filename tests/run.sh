@@ -21,6 +21,18 @@ ENVOY_BIN="$(python3 -c 'import envoy, os; print(os.path.join(os.path.dirname(en
 export ENVOY_BIN
 "$ENVOY_BIN" --version
 
+# The UI tests drive Debian's Chromium through npm playwright-core (no browser download).
+if [ ! -x /usr/bin/chromium ]; then
+  if need apt-get; then apt-get update -qq && apt-get install -y -qq chromium; else echo "/usr/bin/chromium is required" >&2; exit 1; fi
+fi
+/usr/bin/chromium --version
+if ! need node || ! need npm; then
+  if need apt-get; then apt-get update -qq && apt-get install -y -qq nodejs npm; else echo "node and npm are required" >&2; exit 1; fi
+fi
+node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' \
+  || { echo "playwright-core needs Node.js 20 or later (found $(node --version))" >&2; exit 1; }
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+
 echo "== format"
 cargo fmt --all -- --check
 

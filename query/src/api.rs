@@ -1,5 +1,5 @@
 //! The HTTP API on the API port (default 127.0.0.1:20001): status, read-only SQL, generic
-//! row ingest, and the UI. `router` is a plain function so tests drive it with `oneshot`.
+//! row ingest, and the UI (`crate::ui`). `router` is a plain function so tests drive it with `oneshot`.
 
 use std::sync::Arc;
 
@@ -8,7 +8,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use meshscope_collector::Store;
 use meshscope_collector::envoy::push::EnvoyIngest;
@@ -64,7 +64,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }));
     if state.role != Role::Collector {
-        r = r.route("/", get(index)).route("/api/v1/sql", post(sql));
+        r = r.merge(crate::ui::routes()).route("/api/v1/sql", post(sql));
     }
     if state.role != Role::Query {
         r = r.route("/api/v1/ingest/rows/{table}", post(ingest_rows));
@@ -101,10 +101,6 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
 pub use meshscope_collector::envoy::push::{
     error as error_response, ingest_response, store_error as store_error_response,
 };
-
-async fn index() -> Html<&'static str> {
-    Html(include_str!("../../ui/index.html"))
-}
 
 async fn status(State(s): State<Arc<AppState>>) -> Response {
     if let Err(e) = s.store.refresh().await {

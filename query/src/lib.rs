@@ -15,3 +15,4 @@ pub mod rollup;
 pub mod server;
 pub mod sql;
 pub mod traces;
+pub mod ui;
