@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod bench_otlp;
 pub mod config;
 pub mod ingest;
 pub mod provider;
