@@ -19,10 +19,17 @@ fuzz_target!(|data: &[u8]| {
     };
     let proxy = ProxyIdentity::from_pod("productpage-v1-6b746f74dc-9stp6", "default");
     let mut book = AddressBook::new();
-    book.insert("10.244.1.9", ProxyIdentity::from_pod("ratings-v1-5c8f7b6d9b-zt4kq", "default"));
+    book.insert(
+        "10.244.1.9",
+        ProxyIdentity::from_pod("ratings-v1-5c8f7b6d9b-zt4kq", "default"),
+    );
     let out = parse_lines(&ISTIO, text, &proxy, &book, "fuzz");
     let lines = text.split('\n').filter(|l| !l.trim().is_empty()).count();
-    assert_eq!(out.rows.len() + out.rejected.len(), lines, "every line is a row or rejected");
+    assert_eq!(
+        out.rows.len() + out.rejected.len(),
+        lines,
+        "every line is a row or rejected"
+    );
     let mut joiner = ContainerLineJoiner::default();
     let _ = parse_container_lines(&ISTIO, text, &mut joiner, &proxy, &book, "fuzz");
     for line in text.lines() {

@@ -18,7 +18,11 @@ fuzz_target!(|data: &[u8]| {
     let proxy = ProxyIdentity::from_pod("reviews-v2-7d4b9c6f8d-q2wxl", "default");
     let out = parse_lines(&format, lines, &proxy, &AddressBook::new(), "");
     let n = lines.split('\n').filter(|l| !l.trim().is_empty()).count();
-    assert_eq!(out.rows.len() + out.rejected.len(), n, "every line is a row or rejected");
+    assert_eq!(
+        out.rows.len() + out.rejected.len(),
+        n,
+        "every line is a row or rejected"
+    );
     for line in lines.lines() {
         let _ = format.parse_text_line(line);
     }
