@@ -44,3 +44,10 @@ cargo build --workspace --all-targets
 echo "== tests"
 export MESHSCOPE_BIN="$PWD/target/debug/meshscope"
 cargo test --workspace -- --test-threads 2
+
+# The parsers under cargo-fuzz for a bounded time (the build takes ~7 min of 2 cores, the
+# runs 20 s per target); FUZZ_SECONDS=0 skips it.
+if [ "${FUZZ_SECONDS:-20}" != 0 ]; then
+  echo "== fuzz"
+  ./tests/fuzz.sh "${FUZZ_SECONDS:-20}"
+fi

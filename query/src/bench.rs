@@ -148,6 +148,21 @@ pub async fn storage(
     Ok(())
 }
 
+/// `meshscope bench access-log`: Istio text lines parsed per second on this thread (one
+/// core), with the binary's allocator; best of three runs after a warm-up.
+pub fn access_log(lines: usize) {
+    use meshscope_collector::envoy::access_log::bench_parse;
+    bench_parse(lines.min(100_000));
+    let runs: Vec<_> = (0..3).map(|_| bench_parse(lines)).collect();
+    let best = |f: &dyn Fn(&_) -> f64| runs.iter().map(f).fold(0.0, f64::max);
+    let wall = best(&|r| r.per_second);
+    let cpu = best(&|r| r.per_cpu_second.unwrap_or(0.0));
+    println!(
+        "access-log parse: {lines} Istio text lines (identity derived) on one thread, best of 3: \
+         {cpu:.0} lines per CPU-second, {wall:.0} lines per wall-clock second"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Appends
 
@@ -888,6 +903,33 @@ fn generate(spans: usize, batch: usize, now_ns: i64) -> Dataset {
     }
 }
 
+/// `spans` bookinfo spans in generation order, traces starting over the `WINDOW` before
+/// `now_ns`: the rows `bench otlp` sends as OTLP.
+pub(crate) fn bookinfo_spans(spans: usize, now_ns: i64) -> Vec<SpanRow> {
+    let mut rng = StdRng::seed_from_u64(SEED);
+    let mesh = Mesh::new(&mut rng);
+    let window = WINDOW.as_nanos() as i64;
+    let mut out: Vec<SpanRow> = Vec::with_capacity(spans + 8);
+    while out.len() < spans {
+        let progress = out.len() as f64 / spans as f64;
+        let start = now_ns - window
+            + (progress * (window - 60_000 * MS) as f64) as i64
+            + rng.random_range(0..100 * MS);
+        let trace_id = TraceId(rng.random::<u128>().max(1).to_be_bytes());
+        let request_id = uuid(&mut rng);
+        let mut b = TraceBuilder {
+            rng: &mut rng,
+            trace_id,
+            request_id,
+            spans: out,
+        };
+        bookinfo_trace(&mesh, &mut b, start);
+        out = b.spans;
+    }
+    out.truncate(spans);
+    out
+}
+
 // ---------------------------------------------------------------------------------------
 // Helpers
 
@@ -912,7 +954,7 @@ fn bench_dir(dir: Option<PathBuf>) -> anyhow::Result<(PathBuf, Option<tempfile::
     }
 }
 
-fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64)
@@ -925,7 +967,7 @@ fn rfc3339(ns: i64) -> String {
 }
 
 /// Nearest-rank percentile of sorted durations (`q` = 1.0 is the maximum).
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }

@@ -299,6 +299,37 @@ pub enum BenchWhat {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// OTLP load generator: sends bookinfo spans to a receiver, prints spans acked per second.
+    Otlp(OtlpBenchOpts),
+    /// Access-log parsing: Istio text lines parsed per second on one core.
+    AccessLog {
+        /// Lines to parse.
+        #[arg(long, default_value_t = 2_000_000)]
+        lines: usize,
+    },
+}
+
+/// Options of `meshscope bench otlp`.
+#[derive(Debug, Clone, Args)]
+pub struct OtlpBenchOpts {
+    /// Receiver: `grpc://host:port` (OTLP/gRPC) or `http://host:port` (OTLP/HTTP protobuf).
+    #[arg(long, default_value = "grpc://127.0.0.1:4317")]
+    pub target: crate::bench_otlp::Target,
+    /// Spans to have acknowledged.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub spans: usize,
+    /// Spans per export request.
+    #[arg(long, default_value_t = 512)]
+    pub batch: usize,
+    /// Concurrent requests, each task on its own connection.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Stop sending after this long even if fewer spans were acknowledged.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub max_time: Duration,
+    /// Distinct spans encoded up front (client memory); requests repeat past this.
+    #[arg(long, default_value_t = 200_000)]
+    pub distinct: usize,
 }
 
 /// The validated server configuration.

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod bench;
 pub mod bench_graph;
+pub mod bench_otlp;
 pub mod config;
 pub mod demo;
 pub mod graph;

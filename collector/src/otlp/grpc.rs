@@ -1,6 +1,8 @@
 //! OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export` and
 //! `opentelemetry.proto.collector.logs.v1.LogsService/Export`.
 //!
+//! - Trace exports are read by `ingest::decode_traces_protobuf` (straight into Arrow) through
+//!   a codec of our own, [`TraceServer`]; logs use the generated prost server.
 //! - gzip-compressed messages are accepted, and replies are gzip-compressed for clients that
 //!   ask for it.
 //! - Messages larger than `OtlpLimits::max_body_bytes` (before or after decompression) fail
@@ -11,54 +13,39 @@
 //! - Storage back-pressure: UNAVAILABLE (retryable in OTLP) with a `google.rpc.RetryInfo`
 //!   detail giving the delay, which OTLP exporters honour.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::http::{self, HeaderValue};
+use bytes::Buf;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
     LogsService, LogsServiceServer,
 };
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use prost::Message;
+use tonic::codec::{
+    Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings, EncodeBuf, Encoder,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use tonic::codec::CompressionEncoding;
+use tonic::codegen::{BoxFuture, StdError};
+use tonic::server::{NamedService, UnaryService};
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use super::ingest::DecodedTraces;
 use super::{OtlpError, OtlpState, OtlpStats, ingest};
 use crate::storage::StoreError;
-
-/// The `TraceService` implementation.
-#[derive(Debug, Clone)]
-pub struct TraceReceiver {
-    state: OtlpState,
-}
 
 /// The `LogsService` implementation.
 #[derive(Debug, Clone)]
 pub struct LogsReceiver {
     state: OtlpState,
-}
-
-#[tonic::async_trait]
-impl TraceService for TraceReceiver {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let outcome = ingest::export_traces(&self.state, request.into_inner())
-            .await
-            .map_err(|e| status(&e))?;
-        Ok(Response::new(outcome.trace_response()))
-    }
 }
 
 #[tonic::async_trait]
@@ -90,13 +77,129 @@ fn status(e: &OtlpError) -> Status {
     }
 }
 
+/// `TraceService/Export`: what tonic's generated `TraceServiceServer` does (gzip both ways,
+/// the size limit, UNIMPLEMENTED for other methods), with a codec that decodes through
+/// `ingest::decode_traces_protobuf` instead of into prost structs.
+#[derive(Debug, Clone)]
+pub struct TraceServer {
+    state: OtlpState,
+}
+
+const TRACE_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+impl NamedService for TraceServer {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl<B> tower::Service<http::Request<B>> for TraceServer
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != TRACE_EXPORT {
+            return Box::pin(async {
+                let mut resp = http::Response::new(tonic::body::Body::default());
+                let headers = resp.headers_mut();
+                headers.insert(
+                    tonic::Status::GRPC_STATUS,
+                    (Code::Unimplemented as i32).into(),
+                );
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    tonic::metadata::GRPC_CONTENT_TYPE,
+                );
+                Ok(resp)
+            });
+        }
+        let state = self.state.clone();
+        Box::pin(async move {
+            let mut gzip = EnabledCompressionEncodings::default();
+            gzip.enable(CompressionEncoding::Gzip);
+            let limit = state.limits.max_body_bytes;
+            let mut grpc = tonic::server::Grpc::new(TracesCodec)
+                .apply_compression_config(gzip, gzip)
+                .apply_max_message_size_config(Some(limit), None);
+            Ok(grpc.unary(ExportTraces(state), req).await)
+        })
+    }
+}
+
+struct ExportTraces(OtlpState);
+
+impl UnaryService<DecodedTraces> for ExportTraces {
+    type Response = ExportTraceServiceResponse;
+    type Future = BoxFuture<Response<ExportTraceServiceResponse>, Status>;
+
+    fn call(&mut self, request: Request<DecodedTraces>) -> Self::Future {
+        let state = self.0.clone();
+        Box::pin(async move {
+            let outcome = ingest::store_traces(&state, request.into_inner())
+                .await
+                .map_err(|e| status(&e))?;
+            Ok(Response::new(outcome.trace_response()))
+        })
+    }
+}
+
+/// Export requests in through `ingest::decode_traces_protobuf`, responses out with prost.
+#[derive(Debug, Clone, Copy, Default)]
+struct TracesCodec;
+
+impl Codec for TracesCodec {
+    type Encode = ExportTraceServiceResponse;
+    type Decode = DecodedTraces;
+    type Encoder = TracesCodec;
+    type Decoder = TracesCodec;
+
+    fn encoder(&mut self) -> TracesCodec {
+        TracesCodec
+    }
+
+    fn decoder(&mut self) -> TracesCodec {
+        TracesCodec
+    }
+}
+
+impl Encoder for TracesCodec {
+    type Item = ExportTraceServiceResponse;
+    type Error = Status;
+
+    fn encode(
+        &mut self,
+        item: ExportTraceServiceResponse,
+        dst: &mut EncodeBuf<'_>,
+    ) -> Result<(), Status> {
+        item.encode(dst)
+            .map_err(|e| Status::internal(format!("encoding the response failed: {e}")))
+    }
+}
+
+impl Decoder for TracesCodec {
+    type Item = DecodedTraces;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<DecodedTraces>, Status> {
+        // The message is one contiguous buffer: taking it copies nothing.
+        let body = src.copy_to_bytes(src.remaining());
+        ingest::decode_traces_protobuf(&body)
+            .map(Some)
+            // Worded as tonic's prost codec words it (`refused_message` counts it).
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
 /// The trace service with gzip and the size limit configured.
-pub fn trace_service(state: OtlpState) -> TraceServiceServer<TraceReceiver> {
-    let limit = state.limits.max_body_bytes;
-    TraceServiceServer::new(TraceReceiver { state })
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(limit)
+pub fn trace_service(state: OtlpState) -> TraceServer {
+    TraceServer { state }
 }
 
 /// The logs service with gzip and the size limit configured.

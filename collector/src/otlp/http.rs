@@ -107,12 +107,23 @@ async fn traces(State(state): State<OtlpState>, headers: HeaderMap, body: Body) 
         Ok(e) => e,
         Err(e) => return error_response(&state, None, &e),
     };
-    let req: ExportTraceServiceRequest =
-        match read_request(&state, enc, "traces", &headers, body).await {
-            Ok(r) => r,
-            Err(e) => return error_response(&state, Some(enc), &e),
-        };
-    match ingest::export_traces(&state, req).await {
+    // Protobuf goes straight into Arrow where it can (`ingest::decode_traces_protobuf`).
+    let decode = |enc: Encoding, bytes: &[u8]| match enc {
+        Encoding::Protobuf => {
+            ingest::decode_traces_protobuf(bytes).map_err(|e| OtlpError::Decode {
+                what: "traces",
+                encoding: enc.name(),
+                reason: e.to_string(),
+            })
+        }
+        Encoding::Json => decode::<ExportTraceServiceRequest>(enc, "traces", bytes)
+            .map(ingest::DecodedTraces::Request),
+    };
+    let req = match read_request(&state, enc, &headers, body, decode).await {
+        Ok(r) => r,
+        Err(e) => return error_response(&state, Some(enc), &e),
+    };
+    match ingest::store_traces(&state, req).await {
         Ok(outcome) => {
             let resp = outcome.trace_response();
             reply(enc, &resp, resp.partial_success.is_some())
@@ -126,11 +137,11 @@ async fn logs(State(state): State<OtlpState>, headers: HeaderMap, body: Body) ->
         Ok(e) => e,
         Err(e) => return error_response(&state, None, &e),
     };
-    let req: ExportLogsServiceRequest =
-        match read_request(&state, enc, "logs", &headers, body).await {
-            Ok(r) => r,
-            Err(e) => return error_response(&state, Some(enc), &e),
-        };
+    let decode = |enc, bytes: &[u8]| decode::<ExportLogsServiceRequest>(enc, "logs", bytes);
+    let req = match read_request(&state, enc, &headers, body, decode).await {
+        Ok(r) => r,
+        Err(e) => return error_response(&state, Some(enc), &e),
+    };
     match ingest::export_logs(&state, req).await {
         Ok(outcome) => {
             let resp = outcome.logs_response();
@@ -140,17 +151,15 @@ async fn logs(State(state): State<OtlpState>, headers: HeaderMap, body: Body) ->
     }
 }
 
-/// Reads, decompresses and decodes one export request, holding every stage to the limit.
-async fn read_request<T>(
+/// Reads, decompresses and decodes (with `decode`) one export request, holding every stage to
+/// the limit.
+async fn read_request<T: Send + 'static>(
     state: &OtlpState,
     enc: Encoding,
-    what: &'static str,
     headers: &HeaderMap,
     body: Body,
-) -> Result<T, OtlpError>
-where
-    T: Message + Default + DeserializeOwned + Send + 'static,
-{
+    decode: fn(Encoding, &[u8]) -> Result<T, OtlpError>,
+) -> Result<T, OtlpError> {
     let limit = state.limits.max_body_bytes;
     let gzip = match headers
         .get(header::CONTENT_ENCODING)
@@ -180,9 +189,9 @@ where
     let work = move || -> Result<T, OtlpError> {
         if gzip {
             let plain = gunzip_capped(&raw, limit)?;
-            decode(enc, what, &plain)
+            decode(enc, &plain)
         } else {
-            decode(enc, what, &raw)
+            decode(enc, &raw)
         }
     };
     // Inflating and decoding a large body takes milliseconds: keep it off the async workers.

@@ -10,6 +10,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 
+use prost::Message;
+
+use super::wire::{DecodedSpans, spans_from_protobuf};
 use super::{OtlpError, OtlpState, OtlpStats, logs, traces};
 use crate::storage::StoreError;
 
@@ -96,6 +99,50 @@ pub async fn export_traces(
     Ok(ExportOutcome {
         stored: rows.len(),
         rejected,
+    })
+}
+
+/// A decoded trace export, ready to store.
+pub enum DecodedTraces {
+    /// Read straight into Arrow from protobuf (`wire`).
+    Batch(DecodedSpans),
+    /// Decoded into prost structs (OTLP/JSON, or protobuf `wire` left to prost).
+    Request(ExportTraceServiceRequest),
+}
+
+/// Decodes a protobuf trace export, straight into Arrow where `wire` can, else with prost.
+/// The error is prost's, so callers word it as they always have.
+pub fn decode_traces_protobuf(body: &[u8]) -> Result<DecodedTraces, prost::DecodeError> {
+    match spans_from_protobuf(body) {
+        Ok(Ok(decoded)) => Ok(DecodedTraces::Batch(decoded)),
+        // The builder refusing its own columns would be a bug in `wire`; prost's path is
+        // the one to trust then.
+        Ok(Err(_)) | Err(_) => ExportTraceServiceRequest::decode(body).map(DecodedTraces::Request),
+    }
+}
+
+/// Stores the valid spans of a decoded trace export.
+pub async fn store_traces(
+    state: &OtlpState,
+    decoded: DecodedTraces,
+) -> Result<ExportOutcome, OtlpError> {
+    let d = match decoded {
+        DecodedTraces::Request(req) => return export_traces(state, req).await,
+        DecodedTraces::Batch(d) => d,
+    };
+    if let Some(first) = d.rejected.first() {
+        tracing::debug!(rejected = d.rejected.len(), first = %first, "OTLP spans rejected");
+    }
+    let s = &state.stats;
+    OtlpStats::add(&s.spans_received, d.rows + d.rejected.len());
+    OtlpStats::add(&s.spans_rejected, d.rejected.len());
+    if d.rows > 0 {
+        append(state, Table::Spans, d.batch).await?;
+        OtlpStats::add(&s.spans_stored, d.rows);
+    }
+    Ok(ExportOutcome {
+        stored: d.rows,
+        rejected: d.rejected,
     })
 }
 

@@ -2,7 +2,9 @@
 //! OTLP/HTTP, stored as `spans` and `requests` rows.
 //!
 //! - `traces` and `logs` turn decoded export requests into rows plus one message per rejected
-//!   item (the OTLP partial-success contract); they do no I/O.
+//!   item (the OTLP partial-success contract); they do no I/O. `wire` does what `traces`
+//!   does straight from protobuf bytes into an Arrow batch (the fast path of both
+//!   transports), leaving anything unusual to prost and `traces`.
 //! - `ingest` is the one path both transports share: convert, build the Arrow batch, append
 //!   to the store, count.
 //! - `http` is the OTLP/HTTP router (`/v1/traces`, `/v1/logs`; protobuf or JSON; gzip; a body
@@ -19,6 +21,7 @@ pub mod json;
 pub mod logs;
 pub mod traces;
 mod value;
+pub mod wire;
 
 #[cfg(test)]
 mod tests;
