@@ -60,9 +60,9 @@ fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T
     }
 }
 
-/// `n` requests through the productpage sidecar's outbound listener, `c` at a time.
-fn load(port: u16, host: &str, n: usize, c: usize) -> Vec<u16> {
-    let url = format!("http://{}:{port}/", ip(1));
+/// `n` requests through the productpage sidecar's outbound listener at `sidecar`, `c` at a time.
+fn load_at(sidecar: &str, port: u16, host: &str, n: usize, c: usize) -> Vec<u16> {
+    let url = format!("http://{sidecar}:{port}/");
     let codes = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..c {
@@ -227,6 +227,7 @@ fn service_graph_of_a_real_mesh_shows_the_canary_the_fault_and_the_breaker() {
         (ok >= 5).then_some(())
     });
 
+    let load = |port, host, n, c| load_at(&ip(1), port, host, n, c);
     let reviews = load(19080, "reviews:9080", 200, 2);
     let rated = load(19081, "ratings:9080", 200, 2);
     let detailed = load(19082, "details:9080", 99, 3);
@@ -605,26 +606,8 @@ fn prometheus_api_answers_istio_dashboards_from_a_real_mesh() {
     for sc in [&productpage, &reviews, &details] {
         push_log(&server, sc, &[]);
     }
-    let fetch = |port: u16, host: &str, n: usize, c: usize| {
-        let url = format!("http://127.0.16.1:{port}/");
-        std::thread::scope(|s| {
-            for _ in 0..c {
-                let url = &url;
-                s.spawn(move || {
-                    let agent: ureq::Agent = ureq::Agent::config_builder()
-                        .http_status_as_error(false)
-                        .timeout_global(Some(Duration::from_secs(10)))
-                        .build()
-                        .into();
-                    for _ in 0..n / c {
-                        let _ = agent.get(url).header("host", host).call();
-                    }
-                });
-            }
-        });
-    };
-    fetch(19080, "reviews:9080", 120, 2);
-    fetch(19082, "details:9080", 60, 3);
+    load_at("127.0.16.1", 19080, "reviews:9080", 120, 2);
+    load_at("127.0.16.1", 19082, "details:9080", 60, 3);
     let pp = poll("productpage's log", Duration::from_secs(10), || {
         let l = productpage.access_log_lines();
         (l.len() == 180).then_some(l)
@@ -775,6 +758,41 @@ fn prometheus_api_answers_istio_dashboards_from_a_real_mesh() {
         "only {nonempty} of {} dashboard queries have data; empty: {:#?}",
         queries.len(),
         &empty[..empty.len().min(8)]
+    );
+    // the metadata endpoints Grafana's query editor uses
+    let names = prom("/prometheus/api/v1/label/__name__/values");
+    for m in [
+        "istio_requests_total",
+        "istio_request_duration_milliseconds_bucket",
+        "envoy_cluster_upstream_rq_pending_overflow",
+    ] {
+        assert!(
+            names.as_array().unwrap().iter().any(|n| n == m),
+            "{m} not in {names}"
+        );
+    }
+    let labels = prom("/prometheus/api/v1/labels");
+    assert!(
+        labels
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "destination_service_name"),
+        "{labels}"
+    );
+    let values = prom("/prometheus/api/v1/label/destination_service_name/values");
+    assert_eq!(values, serde_json::json!(["details", "reviews"]));
+    let series = prom(&format!(
+        "/prometheus/api/v1/series?match[]={}",
+        enc("istio_requests_total{destination_service_name=\"details\",reporter=\"source\"}")
+    ));
+    assert!(series.as_array().is_some_and(|s| s.len() == 2), "{series}"); // 200 and 503 UO
+    let meta = prom("/prometheus/api/v1/metadata");
+    assert_eq!(meta["istio_requests_total"][0]["type"], "counter");
+    assert!(prom("/prometheus/api/v1/status/buildinfo")["version"].is_string());
+    assert_eq!(
+        prom("/prometheus/api/v1/rules"),
+        serde_json::json!({"groups": []})
     );
     // Grafana's "Save & test"
     let (status, v) = server.post_form(

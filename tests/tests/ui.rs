@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -398,6 +399,15 @@ fn ui_in_headless_chromium() {
     );
 
     // The browser.
+    let artifacts = run_browser(&server, "ui-artifacts", &[]);
+    for shot in ["topology.png", "waterfall.png"] {
+        let len = std::fs::metadata(artifacts.join(shot)).map(|m| m.len());
+        assert!(len.is_ok_and(|l| l > 10_000), "{shot} missing or empty");
+    }
+}
+
+/// Runs the browser script against `server`; returns the screenshots' directory.
+fn run_browser(server: &meshscope_tests::Server, dir: &str, envs: &[(&str, &str)]) -> PathBuf {
     let root = workspace_root();
     let script = root.join("tests/browser/ui.test.mjs");
     assert!(
@@ -409,14 +419,15 @@ fn ui_in_headless_chromium() {
         std::path::Path::new("/usr/bin/chromium").exists(),
         "/usr/bin/chromium is missing: run tests/run.sh, or `apt-get install -y chromium`"
     );
-    let artifacts = root.join("target/ui-artifacts");
+    let artifacts = root.join("target").join(dir);
     std::fs::create_dir_all(&artifacts).expect("artifacts dir");
     let out = Command::new("node")
         .arg(&script)
         .arg(format!("http://{}/", server.addr))
         .arg(&artifacts)
+        .envs(envs.iter().copied())
         .output()
-        .expect("running node (install Node.js 18 or later)");
+        .expect("running node (install Node.js 20 or later)");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
@@ -426,6 +437,116 @@ fn ui_in_headless_chromium() {
         "browser test failed ({}):\n{stdout}\n{stderr}\nmeshscope log:\n{}",
         out.status,
         server.stderr()
+    );
+    artifacts
+}
+
+/// The first-run path: `meshscope demo` at a high speed, the page after one whole cycle of
+/// the tutorials (the breaker phase's tripped edge, the fault's marker), and a request the
+/// fault aborted opened from its x-request-id, with one hostile span attribute added.
+#[test]
+fn ui_on_the_demo_in_headless_chromium() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = meshscope_tests::Server::start(
+        "demo",
+        &dir.path().join("data"),
+        &["--speed", "20", "--seed", "7", "--rollup-resolution", "1s"],
+    );
+    // one whole cycle: every phase has run once
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, d) = server.get_json("/api/v1/demo");
+        let all_ran = d["phases"]
+            .as_array()
+            .is_some_and(|p| p.iter().all(|p| !p["last"].is_null()));
+        if all_ran && d["cycle"].as_u64().is_some_and(|c| c >= 1) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo did not finish a cycle: {d}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (_, g) = server.get_json("/api/v1/graph?window=5m&graph_type=versioned_app");
+    assert!(
+        g["edges"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["circuit_breaker"]["tripped"] == true)),
+        "the breaker phase left a tripped edge: {g}"
+    );
+    // a request the ratings fault aborted (in that phase's window), seen by several proxies
+    let (_, d) = server.get_json("/api/v1/demo");
+    let fault = d["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .find(|p| p["name"] == "ratings-abort")
+        .expect("the ratings-abort phase")["last"]
+        .clone();
+    let (from, to) = (
+        fault["from"].as_i64().unwrap() * 1000,
+        fault["to"].as_i64().unwrap() * 1000,
+    );
+    let (_, found) = server.get_json(&format!(
+        "/api/v1/traces?error=true&limit=50&from={from}&to={to}"
+    ));
+    let rid = found["traces"]
+        .as_array()
+        .expect("traces")
+        .iter()
+        .filter_map(|t| t["request_ids"][0].as_str())
+        .find(|rid| {
+            let (_, r) = server.get_json(&format!("/api/v1/requests/{rid}"));
+            let log = r["access_log"].as_array().cloned().unwrap_or_default();
+            let proxies: std::collections::BTreeSet<_> =
+                log.iter().map(|l| l["proxy"].to_string()).collect();
+            log.iter().any(|l| l["response_flags"] == "FI") && proxies.len() >= 3
+        })
+        .expect("a traced request aborted by the fault")
+        .to_string();
+    let (_, req) = server.get_json(&format!("/api/v1/requests/{rid}"));
+    let trace = req["traces"][0]["trace_id"]
+        .as_str()
+        .expect("trace id")
+        .to_string();
+    let root = req["traces"][0]["spans"][0]["span_id"]
+        .as_str()
+        .expect("root span")
+        .to_string();
+    let start: i64 = req["traces"][0]["spans"][0]["start_unix_nano"]
+        .as_i64()
+        .or_else(|| req["traces"][0]["start_unix_nano"].as_i64())
+        .unwrap_or_else(|| meshscope_tests::hour_start_ns(0));
+    let mut evil = span(
+        &trace,
+        0xe1,
+        None,
+        "annotate",
+        1,
+        start + 1_000,
+        0.5,
+        200,
+        "-",
+        &rid,
+        &[("user.comment", "<img src=x onerror=alert(1)>")],
+    );
+    evil["parentSpanId"] = json!(root);
+    let resp = ureq::post(&format!(
+        "http://{}/v1/traces",
+        server.otlp_http.as_deref().expect("OTLP/HTTP")
+    ))
+    .header("content-type", "application/json")
+    .send_json(json!({"resourceSpans": [{
+        "resource": {"attributes": [attr("service.name", "productpage.default")]},
+        "scopeSpans": [{"spans": [evil]}],
+    }]}))
+    .expect("OTLP/HTTP export");
+    assert_eq!(resp.status().as_u16(), 200);
+    let artifacts = run_browser(
+        &server,
+        "ui-artifacts/demo",
+        &[("UI_DEMO", "1"), ("UI_REQUEST_ID", rid.as_str())],
     );
     for shot in ["topology.png", "waterfall.png"] {
         let len = std::fs::metadata(artifacts.join(shot)).map(|m| m.len());

@@ -252,15 +252,9 @@ async fn query(
         Ok(e) => e,
         Err(r) => return r.into_response(),
     };
-    let work = tokio::task::spawn_blocking(move || ev.eval(&expr, t));
-    let v = match tokio::time::timeout(s.timeout, work).await {
-        Err(_) => {
-            return fail("timeout", format!("query timed out after {:?}", s.timeout))
-                .into_response();
-        }
-        Ok(Err(e)) => return fail("internal", e).into_response(),
-        Ok(Ok(Err(e))) => return fail("bad_data", e).into_response(),
-        Ok(Ok(Ok(v))) => v,
+    let v = match evaluate(s.timeout, move || ev.eval(&expr, t)).await {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
     };
     ok(match v {
         Value::Scalar(x) => json!({"resultType": "scalar", "result": [ts(t), fmt_value(x)]}),
@@ -268,11 +262,10 @@ async fn query(
         Value::Vector(v) => json!({"resultType": "vector", "result": v.iter().map(|s| json!({
             "metric": labels_json(&s.labels), "value": [ts(t), fmt_value(s.value)]
         })).collect::<Vec<_>>()}),
-        Value::Matrix(m) => json!({"resultType": "matrix", "result": m.iter().map(|(l, pts)| {
-            let mut l = l.clone();
+        Value::Matrix(m) => matrix_json(m.into_iter().map(|(mut l, pts)| {
             l.retain(|k, _| !k.starts_with("__meshscope"));
-            json!({"metric": labels_json(&l), "values": pts.iter().map(|(t, v)| json!([ts(*t), fmt_value(*v)])).collect::<Vec<_>>()})
-        }).collect::<Vec<_>>()}),
+            (l, pts)
+        })),
     })
 }
 
@@ -349,22 +342,35 @@ async fn query_range(
         Ok(e) => e,
         Err(r) => return r.into_response(),
     };
-    let work = tokio::task::spawn_blocking(move || eval_range(&ev, &expr, start, end, step));
-    let out = match tokio::time::timeout(s.timeout, work).await {
-        Err(_) => {
-            return fail("timeout", format!("query timed out after {:?}", s.timeout))
-                .into_response();
-        }
-        Ok(Err(e)) => return fail("internal", e).into_response(),
-        Ok(Ok(Err(e))) => return fail("bad_data", e).into_response(),
-        Ok(Ok(Ok(v))) => v,
-    };
-    ok(
-        json!({"resultType": "matrix", "result": out.iter().map(|(l, pts)| json!({
-        "metric": labels_json(l),
+    match evaluate(s.timeout, move || eval_range(&ev, &expr, start, end, step)).await {
+        Ok(out) => ok(matrix_json(out.into_iter())),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Runs an evaluation on the blocking pool within the query time limit. (A timed-out
+/// evaluation finishes in the background; its answer is dropped.)
+async fn evaluate<T: Send + 'static>(
+    timeout: Duration,
+    f: impl FnOnce() -> Result<T, eval::EvalError> + Send + 'static,
+) -> Result<T, PromError> {
+    match tokio::time::timeout(timeout, tokio::task::spawn_blocking(f)).await {
+        Err(_) => Err(fail(
+            "timeout",
+            format!("query timed out after {timeout:?}"),
+        )),
+        Ok(Err(e)) => Err(fail("internal", e)),
+        Ok(Ok(Err(e))) => Err(fail("bad_data", e)),
+        Ok(Ok(Ok(v))) => Ok(v),
+    }
+}
+
+/// Prometheus's matrix result.
+fn matrix_json(series: impl Iterator<Item = (series::Labels, Vec<(i64, f64)>)>) -> Json {
+    json!({"resultType": "matrix", "result": series.map(|(l, pts)| json!({
+        "metric": labels_json(&l),
         "values": pts.iter().map(|(t, v)| json!([ts(*t), fmt_value(*v)])).collect::<Vec<_>>(),
-    })).collect::<Vec<_>>()}),
-    )
+    })).collect::<Vec<_>>()})
 }
 
 /// Label sets of the rollup series (Istio and span metrics) matching `match[]` selectors.

@@ -232,25 +232,8 @@ fn tempo_span_metrics_and_service_graph_metrics_count_the_spans() {
     r.fold(Table::Spans, &spans_batch(&rows).unwrap());
     r.settle_spans();
     let eval_at = |q: &str| {
-        let expr = promql_parser::parser::parse(q).unwrap();
-        let mut sels = Vec::new();
-        selectors(&expr, &mut sels).unwrap();
-        let st = r.read();
-        let mut map = HashMap::new();
-        for (vs, _) in sels {
-            let name = vs.name.clone().unwrap();
-            map.insert(
-                selector_key(&vs),
-                rollup_series(&st, 60, &name, &vs.matchers).unwrap(),
-            );
-        }
-        let Value::Vector(v) = (Evaluator {
-            series: map,
-            now_ms: (T0 + 3600) * 1000,
-        })
-        .eval(&expr, (T0 + 120) * 1000)
-        .unwrap() else {
-            panic!()
+        let Value::Vector(v) = eval(&r, q, (T0 + 120) * 1000) else {
+            panic!("not a vector: {q}")
         };
         v
     };
