@@ -76,25 +76,36 @@ pub fn start_mesh(dir: &std::path::Path, otlp_grpc: Option<String>, base: u8) ->
 /// `fortio load -c 3 -n <n>`: 3 concurrent clients, `n` requests in all, bounded in time.
 pub fn load(mesh: &Mesh, n: usize) -> Vec<u16> {
     let url = format!("http://{}:15001/get", mesh.client.pod.ip);
-    let per = n / 3;
+    get_concurrently(
+        &url,
+        &[
+            ("host", "httpbin:8000"),
+            ("user-agent", "fortio.org/fortio-1.69.1"),
+        ],
+        n,
+        3,
+    )
+}
+
+/// `n` GETs of `url` from `c` clients at once (each `n / c` in turn, 10 s timeout each);
+/// returns every status code, 0 for a request that got no answer.
+pub fn get_concurrently(url: &str, headers: &[(&str, &str)], n: usize, c: usize) -> Vec<u16> {
     let codes = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
-        for _ in 0..3 {
-            let (url, codes) = (&url, &codes);
+        for _ in 0..c {
+            let codes = &codes;
             s.spawn(move || {
                 let agent: ureq::Agent = ureq::Agent::config_builder()
                     .http_status_as_error(false)
                     .timeout_global(Some(Duration::from_secs(10)))
                     .build()
                     .into();
-                for _ in 0..per {
-                    let code = agent
-                        .get(url)
-                        .header("host", "httpbin:8000")
-                        .header("user-agent", "fortio.org/fortio-1.69.1")
-                        .call()
-                        .map(|r| r.status().as_u16())
-                        .unwrap_or(0);
+                for _ in 0..n / c {
+                    let mut req = agent.get(url);
+                    for (k, v) in headers {
+                        req = req.header(*k, *v);
+                    }
+                    let code = req.call().map(|r| r.status().as_u16()).unwrap_or(0);
                     codes.lock().unwrap().push(code);
                 }
             });
@@ -120,13 +131,23 @@ pub fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
 
 /// Pushes the sidecar's whole access log with its pod's identity; asserts a 200.
 pub fn push_log(server: &Server, sc: &Sidecar) -> serde_json::Value {
+    let body = std::fs::read_to_string(&sc.access_log).unwrap();
+    push_text(server, sc, &body)
+}
+
+/// Pushes `lines` as the sidecar's access log; asserts a 200 and that every line was stored.
+pub fn push_lines(server: &Server, sc: &Sidecar, lines: &[String]) {
+    let v = push_text(server, sc, &lines.join("\n"));
+    assert_eq!(v["stored"].as_u64(), Some(lines.len() as u64), "{v}");
+}
+
+fn push_text(server: &Server, sc: &Sidecar, body: &str) -> serde_json::Value {
     let p = &sc.pod;
     let path = format!(
         "/api/v1/ingest/accesslog?pod={}&namespace={}&app={}&version={}&ip={}",
         p.name, p.namespace, p.app, p.version, p.ip
     );
-    let body = std::fs::read_to_string(&sc.access_log).unwrap();
-    let (status, v) = server.post_text(&path, &body);
+    let (status, v) = server.post_text(&path, body);
     assert_eq!(status, 200, "{v}");
     v
 }

@@ -9,6 +9,7 @@ use meshscope_tests::app::App;
 use meshscope_tests::envoy::{
     Breaker, Fault, Inbound, Outbound, Pod, Sidecar, SidecarSpec, Subset,
 };
+use meshscope_tests::mesh::{get_concurrently, poll, push_lines};
 use serde_json::Value;
 
 const BASE: u8 = 15;
@@ -46,57 +47,14 @@ fn backend(dir: &std::path::Path, p: Pod, delay: Duration) -> (Sidecar, App) {
     (sc, app)
 }
 
-fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// `n` requests through the productpage sidecar's outbound listener at `sidecar`, `c` at a time.
 fn load_at(sidecar: &str, port: u16, host: &str, n: usize, c: usize) -> Vec<u16> {
-    let url = format!("http://{sidecar}:{port}/");
-    let codes = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..c {
-            let (url, codes) = (&url, &codes);
-            s.spawn(move || {
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .timeout_global(Some(Duration::from_secs(10)))
-                    .build()
-                    .into();
-                for _ in 0..n / c {
-                    let code = agent
-                        .get(url)
-                        .header("host", host)
-                        .call()
-                        .map(|r| r.status().as_u16())
-                        .unwrap_or(0);
-                    codes.lock().unwrap().push(code);
-                }
-            });
-        }
-    });
-    codes.into_inner().unwrap()
-}
-
-fn push_log(server: &meshscope_tests::Server, sc: &Sidecar, lines: &[String]) {
-    let p = &sc.pod;
-    let path = format!(
-        "/api/v1/ingest/accesslog?pod={}&namespace={}&app={}&version={}&ip={}",
-        p.name, p.namespace, p.app, p.version, p.ip
-    );
-    let (status, v) = server.post_text(&path, &lines.join("\n"));
-    assert_eq!(status, 200, "{v}");
-    assert_eq!(v["stored"].as_u64(), Some(lines.len() as u64), "{v}");
+    get_concurrently(
+        &format!("http://{sidecar}:{port}/"),
+        &[("host", host)],
+        n,
+        c,
+    )
 }
 
 fn edge<'a>(g: &'a Value, source: &str, target: &str) -> &'a Value {
@@ -254,7 +212,7 @@ fn service_graph_of_a_real_mesh_shows_the_canary_the_fault_and_the_breaker() {
         let l = productpage.access_log_lines();
         (l.len() == 200 + 200 + 99).then_some(l)
     });
-    push_log(&server, &productpage, &pp_lines);
+    push_lines(&server, &productpage, &pp_lines);
     for (sc, n) in [
         (&v1, None),
         (&v2, None),
@@ -265,7 +223,7 @@ fn service_graph_of_a_real_mesh_shows_the_canary_the_fault_and_the_breaker() {
             let l = sc.access_log_lines();
             (n.is_none_or(|n| l.len() == n) && !l.is_empty()).then_some(l)
         });
-        push_log(&server, sc, &lines);
+        push_lines(&server, sc, &lines);
     }
     let (n1, n2) = (v1.access_log_lines().len(), v2.access_log_lines().len());
     assert_eq!(n1 + n2, 200);
@@ -604,7 +562,7 @@ fn prometheus_api_answers_istio_dashboards_from_a_real_mesh() {
     .start(dir.path());
     // the pods' identities first, as a scrape of each admin would give them
     for sc in [&productpage, &reviews, &details] {
-        push_log(&server, sc, &[]);
+        push_lines(&server, sc, &[]);
     }
     load_at("127.0.16.1", 19080, "reviews:9080", 120, 2);
     load_at("127.0.16.1", 19082, "details:9080", 60, 3);
@@ -612,10 +570,10 @@ fn prometheus_api_answers_istio_dashboards_from_a_real_mesh() {
         let l = productpage.access_log_lines();
         (l.len() == 180).then_some(l)
     });
-    push_log(&server, &productpage, &pp);
+    push_lines(&server, &productpage, &pp);
     for sc in [&reviews, &details] {
         let l = sc.access_log_lines();
-        push_log(&server, sc, &l);
+        push_lines(&server, sc, &l);
     }
     let overflow = productpage
         .stat(
