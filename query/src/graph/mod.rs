@@ -16,8 +16,8 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
 
 use crate::rollup::breaker::{
-    CX_OVERFLOW, EJECTIONS_ACTIVE, EJECTIONS_ENFORCED, OVERFLOW_COUNTERS, PENDING_OVERFLOW,
-    is_open_gauge,
+    BreakerSeries, CX_OVERFLOW, EJECTIONS_ACTIVE, EJECTIONS_ENFORCED, OVERFLOW_COUNTERS,
+    PENDING_OVERFLOW, SeriesKey, is_open_gauge,
 };
 use crate::rollup::edges::{EdgeAgg, EdgeKey, Label, service_namespace};
 use crate::rollup::{LatencySketch, RollupState};
@@ -602,6 +602,7 @@ pub fn build(st: &RollupState, resolution_secs: i64, q: &GraphQuery) -> Graph {
         }
     }
     let secs = ((q.to_ns - q.from_ns) as f64 / 1e9).max(1e-9);
+    let breakers = breaker_index(st);
     let mut edges = Vec::with_capacity(accs.len());
     for ((s, t), acc) in accs {
         if acc.agg.requests == 0 && !q.include_idle {
@@ -621,7 +622,7 @@ pub fn build(st: &RollupState, resolution_secs: i64, q: &GraphQuery) -> Graph {
             });
         let requests = acc.agg.requests;
         let errors = acc.e5 + acc.e4;
-        let mut cb = breaker_for(st, &acc, q);
+        let mut cb = breaker_for(st, &breakers, &acc, q);
         cb.uo_responses = acc.flags.get("UO").copied().unwrap_or(0);
         cb.uh_responses = acc.flags.get("UH").copied().unwrap_or(0);
         cb.tripped = cb.uo_responses > 0 || cb.overflow > 0.0 || cb.cx_overflow > 0.0 || cb.open;
@@ -726,24 +727,43 @@ pub fn build(st: &RollupState, resolution_secs: i64, q: &GraphQuery) -> Graph {
 }
 
 /// Breaker state of one edge from its source proxies' stats for the destination service.
-fn breaker_for(st: &RollupState, acc: &Acc, q: &GraphQuery) -> CircuitBreaker {
+/// The breaker series of each proxy workload `(namespace, workload)`, with the service host
+/// its cluster points at: built once per graph, so an edge looks up only its own callers.
+type BreakerIndex<'a> =
+    HashMap<(&'a str, &'a str), Vec<(String, &'a SeriesKey, &'a BreakerSeries)>>;
+
+fn breaker_index(st: &RollupState) -> BreakerIndex<'_> {
+    let mut index: BreakerIndex<'_> = HashMap::new();
+    for (key, series) in &st.breaker.series {
+        if let Some(host) = IstioCluster::parse(&key.cluster_name).and_then(|c| c.host) {
+            index
+                .entry((&*key.proxy_namespace, &*key.proxy_workload))
+                .or_default()
+                .push((host, key, series));
+        }
+    }
+    index
+}
+
+fn breaker_for(
+    st: &RollupState,
+    index: &BreakerIndex<'_>,
+    acc: &Acc,
+    q: &GraphQuery,
+) -> CircuitBreaker {
     let mut cb = CircuitBreaker::default();
     if !acc.from_caller || acc.sources.is_empty() || acc.services.is_empty() {
         return cb;
     }
     let mut clusters = BTreeSet::new();
     let mut open = BTreeSet::new();
-    for (key, series) in &st.breaker.series {
-        if !acc.sources.contains(&(
-            key.proxy_namespace.to_string(),
-            key.proxy_workload.to_string(),
-        )) {
-            continue;
-        }
-        let Some(host) = IstioCluster::parse(&key.cluster_name).and_then(|c| c.host) else {
-            continue;
-        };
-        if !acc.services.contains_key(&host) {
+    let mine = acc
+        .sources
+        .iter()
+        .filter_map(|(ns, wl)| index.get(&(ns.as_str(), wl.as_str())))
+        .flatten();
+    for (host, key, series) in mine {
+        if !acc.services.contains_key(host) {
             continue;
         }
         let m = &*key.metric;

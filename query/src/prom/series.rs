@@ -241,7 +241,6 @@ fn plan(name: &str, spans: bool) -> Option<(Parts, bool)> {
             .map(|i| (Some(le(bounds, i)), f(i)))
             .collect::<Vec<_>>()
     };
-    let ms_to_s: &[f64] = &DURATION_BUCKETS_MS;
     Some(match (name, spans) {
         ("istio_requests_total", false) => (vec![(None, Extract::Requests)], false),
         ("istio_request_duration_milliseconds_bucket", false) => (
@@ -273,20 +272,7 @@ fn plan(name: &str, spans: bool) -> Option<(Parts, bool)> {
         ("traces_service_graph_request_server_seconds_bucket", true)
         | ("traces_service_graph_request_client_seconds_bucket", true) => {
             // the same bucket bounds, in seconds
-            let _ = ms_to_s;
-            let v: Vec<_> = (0..=DURATION_BUCKETS_MS.len())
-                .map(|i| {
-                    (
-                        Some(
-                            DURATION_BUCKETS_MS
-                                .get(i)
-                                .map_or_else(|| "+Inf".to_string(), |b| format!("{}", b / 1000.0)),
-                        ),
-                        Extract::DurationBucket(i),
-                    )
-                })
-                .collect();
-            (v, false)
+            (seconds_buckets(), false)
         }
         ("traces_service_graph_request_server_seconds_sum", true)
         | ("traces_service_graph_request_client_seconds_sum", true) => {
@@ -337,42 +323,27 @@ fn span_labels(k: &EdgeKey, name: &str) -> Option<Labels> {
     Some(l)
 }
 
-/// Tempo's span metrics from the span-metric rollups.
-fn span_metric_series(
-    st: &RollupState,
-    res_secs: i64,
-    name: &str,
+/// Folds rollup buckets into per-series bucket sums. Label sets are built and matched once per
+/// (rollup key, part); buckets then only add numbers. Several rollup keys may give one label
+/// set (labels the series do not show). `base` gives a key's labels (`__name__` included), or
+/// `None` to leave it out; with `seconds`, duration sums are converted from milliseconds.
+fn slotted<'a, K: Eq + std::hash::Hash + 'a>(
+    buckets: impl Iterator<Item = (&'a i64, &'a HashMap<K, EdgeAgg>)>,
+    parts: &Parts,
     matchers: &Matchers,
-) -> Option<Vec<Series>> {
-    let secs_le = |i: usize| {
-        DURATION_BUCKETS_MS
-            .get(i)
-            .map_or_else(|| "+Inf".to_string(), |b| format!("{}", b / 1000.0))
-    };
-    let parts: Parts = match name {
-        "traces_spanmetrics_calls_total" | "traces_spanmetrics_latency_count" => {
-            vec![(None, Extract::Requests)]
-        }
-        "traces_spanmetrics_latency_sum" => vec![(None, Extract::DurationSum)],
-        "traces_spanmetrics_latency_bucket" => (0..=DURATION_BUCKETS_MS.len())
-            .map(|i| (Some(secs_le(i)), Extract::DurationBucket(i)))
-            .collect(),
-        _ => return None,
-    };
+    seconds: bool,
+    mut base: impl FnMut(&K) -> Option<Labels>,
+) -> Vec<(Labels, BTreeMap<i64, f64>)> {
     let mut slots: Vec<Labels> = Vec::new();
     let mut slot_of: HashMap<Labels, usize> = HashMap::new();
+    let mut key_slots: HashMap<&K, Vec<Option<usize>>> = HashMap::new();
     let mut acc: Vec<BTreeMap<i64, f64>> = Vec::new();
-    let mut key_slots: HashMap<&crate::rollup::spans::SpanMetricKey, Vec<Option<usize>>> =
-        HashMap::new();
-    for (bucket, b) in &st.span_metrics {
+    for (bucket, b) in buckets {
         for (k, a) in b {
             let per_part = key_slots.entry(k).or_insert_with(|| {
-                let mut base: Labels = crate::rollup::spans::SPAN_METRIC_LABELS
-                    .iter()
-                    .zip(k.0.iter())
-                    .map(|(n, v)| (n.to_string(), v.to_string()))
-                    .collect();
-                base.insert("__name__".into(), name.to_string());
+                let Some(base) = base(k) else {
+                    return vec![None; parts.len()];
+                };
                 parts
                     .iter()
                     .map(|(le, _)| {
@@ -393,7 +364,7 @@ fn span_metric_series(
             for ((_, ex), slot) in parts.iter().zip(per_part.iter()) {
                 if let Some(slot) = slot {
                     let mut v = extract(a, *ex);
-                    if matches!(ex, Extract::DurationSum) {
+                    if seconds && matches!(ex, Extract::DurationSum) {
                         v /= 1000.0;
                     }
                     *acc[*slot].entry(*bucket).or_default() += v;
@@ -401,7 +372,46 @@ fn span_metric_series(
             }
         }
     }
-    Some(cumulative(slots.into_iter().zip(acc).collect(), res_secs))
+    slots.into_iter().zip(acc).collect()
+}
+
+/// Istio's duration buckets with `le` in seconds (Tempo's metrics are in seconds).
+fn seconds_buckets() -> Parts {
+    (0..=DURATION_BUCKETS_MS.len())
+        .map(|i| {
+            let le = DURATION_BUCKETS_MS
+                .get(i)
+                .map_or_else(|| "+Inf".to_string(), |b| format!("{}", b / 1000.0));
+            (Some(le), Extract::DurationBucket(i))
+        })
+        .collect()
+}
+
+/// Tempo's span metrics from the span-metric rollups.
+fn span_metric_series(
+    st: &RollupState,
+    res_secs: i64,
+    name: &str,
+    matchers: &Matchers,
+) -> Option<Vec<Series>> {
+    let parts: Parts = match name {
+        "traces_spanmetrics_calls_total" | "traces_spanmetrics_latency_count" => {
+            vec![(None, Extract::Requests)]
+        }
+        "traces_spanmetrics_latency_sum" => vec![(None, Extract::DurationSum)],
+        "traces_spanmetrics_latency_bucket" => seconds_buckets(),
+        _ => return None,
+    };
+    let acc = slotted(st.span_metrics.iter(), &parts, matchers, true, |k| {
+        let mut base: Labels = crate::rollup::spans::SPAN_METRIC_LABELS
+            .iter()
+            .zip(k.0.iter())
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        base.insert("__name__".into(), name.to_string());
+        Some(base)
+    });
+    Some(cumulative(acc, res_secs))
 }
 
 /// Series of a rollup-derived metric matching `matchers`, up to `now_ms`.
@@ -418,62 +428,24 @@ pub fn rollup_series(
     let (parts, tcp_only) = plan(name, spans)?;
     let source = if spans { &st.span_edges } else { &st.edges };
     let failed_only = name == "traces_service_graph_request_failed_total";
-    // Label sets are built and matched once per (rollup key, part); buckets then only add
-    // numbers. Several rollup keys may give one label set (labels the series do not show).
-    let mut slots: Vec<Labels> = Vec::new();
-    let mut slot_of: HashMap<Labels, usize> = HashMap::new();
-    let mut key_slots: HashMap<&EdgeKey, Vec<Option<usize>>> = HashMap::new();
-    let mut acc: Vec<BTreeMap<i64, f64>> = Vec::new();
-    for (bucket, b) in source {
-        for (k, a) in b {
-            let per_part = key_slots.entry(k).or_insert_with(|| {
-                let is_tcp = k.get(Label::RequestProtocol) == "tcp";
-                // HTTP metrics leave TCP connections out; TCP byte counters take only them.
-                let excluded = (!spans && tcp_only != is_tcp)
-                    || (failed_only && {
-                        let code = k.response_code();
-                        !(code >= 500 || code == 0)
-                    });
-                let base = if excluded {
-                    None
-                } else if spans {
-                    span_labels(k, name)
-                } else {
-                    Some(istio_labels(k))
-                };
-                let Some(mut base) = base else {
-                    return vec![None; parts.len()];
-                };
-                base.insert("__name__".into(), name.to_string());
-                parts
-                    .iter()
-                    .map(|(le_label, _)| {
-                        let mut l = base.clone();
-                        if let Some(le) = le_label {
-                            l.insert("le".into(), le.clone());
-                        }
-                        if !matches(&l, matchers) {
-                            return None;
-                        }
-                        Some(*slot_of.entry(l.clone()).or_insert_with(|| {
-                            slots.push(l);
-                            acc.push(BTreeMap::new());
-                            slots.len() - 1
-                        }))
-                    })
-                    .collect()
-            });
-            for ((_, ex), slot) in parts.iter().zip(per_part.iter()) {
-                let Some(slot) = slot else { continue };
-                let mut v = extract(a, *ex);
-                if spans && ex_is_seconds(name, ex) {
-                    v /= 1000.0;
-                }
-                *acc[*slot].entry(*bucket).or_default() += v;
-            }
+    let acc = slotted(source.iter(), &parts, matchers, spans, |k: &EdgeKey| {
+        let is_tcp = k.get(Label::RequestProtocol) == "tcp";
+        // HTTP metrics leave TCP connections out; TCP byte counters take only them.
+        if !spans && tcp_only != is_tcp {
+            return None;
         }
-    }
-    Some(cumulative(slots.into_iter().zip(acc).collect(), res_secs))
+        if failed_only && !(k.response_code() >= 500 || k.response_code() == 0) {
+            return None;
+        }
+        let mut base = if spans {
+            span_labels(k, name)?
+        } else {
+            istio_labels(k)
+        };
+        base.insert("__name__".into(), name.to_string());
+        Some(base)
+    });
+    Some(cumulative(acc, res_secs))
 }
 
 /// Cumulative counters over buckets: a zero at each run's start, a point at each bucket end.
@@ -500,10 +472,6 @@ fn cumulative(acc: Vec<(Labels, BTreeMap<i64, f64>)>, res_secs: i64) -> Vec<Seri
             }
         })
         .collect()
-}
-
-fn ex_is_seconds(name: &str, ex: &Extract) -> bool {
-    name.ends_with("_seconds_sum") && matches!(ex, Extract::DurationSum)
 }
 
 /// Envoy stats as scraped, read with DataFusion (filters as expressions, never SQL text).

@@ -96,6 +96,8 @@ impl BreakerSeries {
 #[derive(Default)]
 pub struct BreakerStore {
     pub series: HashMap<SeriesKey, BreakerSeries>,
+    /// `envoy_server_uptime` per proxy, apart: it is looked up by proxy alone.
+    pub uptime: HashMap<Arc<str>, BreakerSeries>,
 }
 
 impl BreakerStore {
@@ -105,10 +107,7 @@ impl BreakerStore {
 
     /// When `proxy` started, from its uptime sample nearest to `at_ns`.
     pub fn proxy_started_ns(&self, proxy: &str, at_ns: i64) -> Option<i64> {
-        let (_, s) = self
-            .series
-            .iter()
-            .find(|(k, _)| &*k.proxy == proxy && &*k.metric == SERVER_UPTIME)?;
+        let s = self.uptime.get(proxy)?;
         let after = s.samples.range(at_ns..).next();
         let before = s.samples.range(..at_ns).next_back();
         let (t, up) = match (before, after) {
@@ -165,6 +164,15 @@ impl BreakerStore {
             {
                 continue;
             }
+            if m == SERVER_UPTIME {
+                self.uptime
+                    .entry(Arc::from(proxy.value(row)))
+                    .or_default()
+                    .samples
+                    .insert(time.value(row), value.value(row));
+                n += 1;
+                continue;
+            }
             let key = SeriesKey {
                 proxy: Arc::from(proxy.value(row)),
                 proxy_namespace: get(ns, row),
@@ -186,14 +194,16 @@ impl BreakerStore {
     /// baseline of later increases.
     pub(super) fn prune(&mut self, oldest_secs: i64) {
         let cut = oldest_secs.saturating_mul(1_000_000_000);
-        self.series.retain(|_, s| {
+        let keep_recent = |s: &mut BreakerSeries| {
             let mut keep = s.samples.split_off(&cut);
             if let Some((t, v)) = s.samples.iter().next_back() {
                 keep.insert(*t, *v);
             }
             s.samples = keep;
             s.samples.len() > 1 || s.samples.keys().next().is_some_and(|t| *t >= cut)
-        });
+        };
+        self.series.retain(|_, s| keep_recent(s));
+        self.uptime.retain(|_, s| keep_recent(s));
     }
 }
 

@@ -148,7 +148,7 @@ impl Rollups {
                     continue;
                 }
                 for f in &m.files {
-                    match read_parquet(store, &f.path).await {
+                    match read_parquet(store, &f.path, columns_read(table)).await {
                         Ok(batches) => {
                             for b in batches {
                                 self.shared.fold(table, &b);
@@ -258,12 +258,73 @@ impl Shared {
     }
 }
 
-async fn read_parquet(store: &Store, path: &str) -> Result<Vec<RecordBatch>, String> {
+/// The columns the rollups fold from each table (a start-up load reads only these).
+fn columns_read(table: Table) -> &'static [&'static str] {
+    use meshscope_schemas::table::{requests as rq, spans as sp, stat_samples as ss};
+    match table {
+        Table::Requests => &[
+            rq::START_TIME,
+            rq::RESPONSE_CODE,
+            rq::DURATION_MS,
+            rq::BYTES_RECEIVED,
+            rq::BYTES_SENT,
+            rq::REPORTER,
+            rq::SOURCE_WORKLOAD,
+            rq::SOURCE_NAMESPACE,
+            rq::SOURCE_APP,
+            rq::SOURCE_VERSION,
+            rq::SOURCE_SERVICE,
+            rq::DESTINATION_WORKLOAD,
+            rq::DESTINATION_NAMESPACE,
+            rq::DESTINATION_APP,
+            rq::DESTINATION_VERSION,
+            rq::DESTINATION_SERVICE,
+            rq::DESTINATION_SERVICE_NAME,
+            rq::REQUEST_PROTOCOL,
+            rq::RESPONSE_FLAGS,
+        ],
+        Table::StatSamples => &[
+            ss::TIME,
+            ss::PROXY,
+            ss::PROXY_NAMESPACE,
+            ss::PROXY_WORKLOAD,
+            ss::METRIC,
+            ss::CLUSTER_NAME,
+            ss::VALUE,
+        ],
+        Table::Spans => &[
+            sp::TRACE_ID,
+            sp::SPAN_ID,
+            sp::PARENT_SPAN_ID,
+            sp::START_TIME,
+            sp::DURATION_NS,
+            sp::SERVICE_NAME,
+            sp::NAME,
+            sp::KIND,
+            sp::STATUS_CODE,
+            sp::HTTP_STATUS_CODE,
+            sp::HTTP_PROTOCOL,
+            sp::UPSTREAM_CLUSTER,
+            sp::RESPONSE_FLAGS,
+            sp::ISTIO_CANONICAL_SERVICE,
+            sp::ISTIO_NAMESPACE,
+        ],
+    }
+}
+
+async fn read_parquet(
+    store: &Store,
+    path: &str,
+    columns: &[&str],
+) -> Result<Vec<RecordBatch>, String> {
     let bytes = meshscope_collector::storage::read_object(&store.object_store(), path)
         .await
         .map_err(|e| e.to_string())?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .map_err(|e| e.to_string())?
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| e.to_string())?;
+    let mask =
+        parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+    let reader = builder
+        .with_projection(mask)
         .with_batch_size(65536)
         .build()
         .map_err(|e| e.to_string())?;
