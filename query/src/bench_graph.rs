@@ -113,10 +113,7 @@ fn run_one(edges: usize, rps: usize, minutes: usize, iterations: usize) -> anyho
     let fold = fold_started.elapsed();
     let (buckets, label_sets) = {
         let st = rollups.read();
-        (
-            st.edges.len(),
-            st.edges.values().map(|b| b.len()).sum::<usize>(),
-        )
+        (st.edges.len(), st.edges.label_sets())
     };
     let q = GraphQuery {
         from_ns: start * 1_000_000_000,
@@ -133,7 +130,9 @@ fn run_one(edges: usize, rps: usize, minutes: usize, iterations: usize) -> anyho
         let t = Instant::now();
         let st = rollups.read();
         let g = build(&st, 60, &q);
+        eprintln!("build {:?}", t.elapsed());
         let body = serde_json::to_vec(&g)?;
+        eprintln!("json {:?}", t.elapsed());
         times.push(t.elapsed());
         shown = (g.edges.len(), body.len());
     }

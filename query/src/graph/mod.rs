@@ -9,7 +9,7 @@
 pub mod api;
 pub mod render;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use meshscope_schemas::envoy::{IstioCluster, LOCAL_REPLY_FLAGS, response_flag_meaning};
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -19,7 +19,8 @@ use crate::rollup::breaker::{
     BreakerSeries, CX_OVERFLOW, EJECTIONS_ACTIVE, EJECTIONS_ENFORCED, OVERFLOW_COUNTERS,
     PENDING_OVERFLOW, SeriesKey, is_open_gauge,
 };
-use crate::rollup::edges::{EdgeAgg, EdgeKey, Label, service_namespace};
+use crate::rollup::edges::{EdgeAgg, EdgeKey, FastMap, FastSet, KeyId, Label, service_namespace};
+use crate::rollup::sketch::UnionQuantiles;
 use crate::rollup::{LatencySketch, RollupState};
 
 /// Kiali's graph types.
@@ -184,14 +185,17 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(sketch: &LatencySketch, sum: f64) -> Latency {
-        let n = sketch.count();
-        let q = |q: f64| sketch.quantile(q).map(round3);
+    /// From the sketches of an edge's label sets and buckets, and their duration sum.
+    fn of(union: &mut UnionQuantiles, sketches: &[&LatencySketch], sum: f64) -> Latency {
+        let n: u64 = sketches.iter().map(|s| s.count()).sum();
+        let [p50, p95, p99] = union
+            .quantiles(sketches, [0.5, 0.95, 0.99])
+            .map(|v| v.map(round3));
         Latency {
             avg: (n > 0).then(|| round3(sum / n as f64)),
-            p50: q(0.5),
-            p95: q(0.95),
-            p99: q(0.99),
+            p50,
+            p95,
+            p99,
         }
     }
 }
@@ -287,17 +291,22 @@ pub struct Graph {
     pub edges: Vec<Edge>,
 }
 
-/// Per-edge accumulation while building.
+/// Per-edge accumulation while building (label values borrowed from the rollups).
 #[derive(Default)]
-struct Acc {
-    agg: EdgeAgg,
-    by_reporter: BTreeMap<String, (LatencySketch, f64)>,
-    codes: BTreeMap<String, u64>,
-    code_flags: BTreeMap<(u16, String), u64>,
-    flags: BTreeMap<String, u64>,
-    services: BTreeMap<String, u64>,
-    protocols: BTreeMap<String, u64>,
-    sources: HashSet<(String, String)>,
+struct Acc<'a> {
+    source: usize,
+    target: usize,
+    /// Counted requests: totals and the duration sketches they are in.
+    totals: Totals,
+    sketches: Vec<&'a LatencySketch>,
+    /// Every request by reporter (counted or not): sketches and duration sum.
+    by_reporter: BTreeMap<&'a str, (Vec<&'a LatencySketch>, f64)>,
+    codes: BTreeMap<u16, u64>,
+    code_flags: BTreeMap<(u16, &'a str), u64>,
+    flags: BTreeMap<&'a str, u64>,
+    services: BTreeMap<&'a str, u64>,
+    protocols: BTreeMap<&'a str, u64>,
+    sources: FastSet<(&'a str, &'a str)>,
     /// The edge starts at a caller (not an injected service node): its proxy's breaker stats
     /// describe it.
     from_caller: bool,
@@ -305,30 +314,74 @@ struct Acc {
     e4: u64,
 }
 
-impl Acc {
-    fn add(&mut self, k: &EdgeKey, a: &EdgeAgg) {
-        self.agg.merge(a);
+/// A label set's counts over the window, with its per-bucket duration sketches (merged only
+/// per edge, when the percentiles are read).
+#[derive(Default)]
+struct Totals {
+    requests: u64,
+    request_bytes: u64,
+    response_bytes: u64,
+    duration_ms_sum: f64,
+}
+
+impl Totals {
+    fn add(&mut self, o: &Totals) {
+        self.requests += o.requests;
+        self.request_bytes += o.request_bytes;
+        self.response_bytes += o.response_bytes;
+        self.duration_ms_sum += o.duration_ms_sum;
+    }
+}
+
+#[derive(Default)]
+struct KeyWindow<'a> {
+    totals: Totals,
+    sketches: Vec<&'a LatencySketch>,
+}
+
+impl<'a> KeyWindow<'a> {
+    fn add(&mut self, a: &'a EdgeAgg) {
+        self.totals.add(&Totals {
+            requests: a.requests,
+            request_bytes: a.request_bytes,
+            response_bytes: a.response_bytes,
+            duration_ms_sum: a.duration_ms_sum,
+        });
+        if a.duration.count() > 0 {
+            if self.sketches.capacity() == 0 {
+                self.sketches.reserve(16);
+            }
+            self.sketches.push(&a.duration);
+        }
+    }
+}
+
+impl<'a> Acc<'a> {
+    fn add(&mut self, k: &'a EdgeKey, w: &KeyWindow<'a>) {
+        let a = &w.totals;
+        self.totals.add(a);
+        self.sketches.extend_from_slice(&w.sketches);
         let code = k.response_code();
-        *self.codes.entry(code.to_string()).or_default() += a.requests;
+        *self.codes.entry(code).or_default() += a.requests;
         *self
             .code_flags
-            .entry((code, k.get(Label::ResponseFlags).to_string()))
+            .entry((code, k.get(Label::ResponseFlags)))
             .or_default() += a.requests;
         for f in k.flags() {
-            *self.flags.entry(f.to_string()).or_default() += a.requests;
+            *self.flags.entry(f).or_default() += a.requests;
         }
         if let Some(s) = k.known(Label::DestinationService) {
-            *self.services.entry(s.to_string()).or_default() += a.requests;
+            *self.services.entry(s).or_default() += a.requests;
         }
         *self
             .protocols
-            .entry(k.get(Label::RequestProtocol).to_string())
+            .entry(k.get(Label::RequestProtocol))
             .or_default() += a.requests;
         if let (Some(ns), Some(wl)) = (
             k.known(Label::SourceWorkloadNamespace),
             k.known(Label::SourceWorkload),
         ) {
-            self.sources.insert((ns.to_string(), wl.to_string()));
+            self.sources.insert((ns, wl));
         }
         if is_5xx(code) {
             self.e5 += a.requests;
@@ -338,17 +391,99 @@ impl Acc {
     }
 }
 
-/// The edges one label set adds to: caller → destination, or with service nodes injected,
-/// caller → service (→ workload when the request reached one).
-fn hops(k: &EdgeKey, src: Node, dst: Node, q: &GraphQuery) -> Vec<(Node, Node)> {
-    if !q.inject_service_nodes || q.graph_type == GraphType::Service || dst.kind == "service" {
-        return vec![(src, dst)];
+/// Nodes and edges while building: each node and edge is made once, however many label sets
+/// and buckets lead to it.
+struct Builder<'a> {
+    gt: GraphType,
+    /// (side, the labels `node_for` reads) → index in `nodes`. Label values are interned,
+    /// so their addresses stand for them.
+    node_of: FastMap<(u8, [usize; 8]), usize>,
+    nodes: Vec<Node>,
+    node_by_id: FastMap<String, usize>,
+    acc_of: FastMap<(usize, usize), usize>,
+    accs: Vec<Acc<'a>>,
+}
+
+impl<'a> Builder<'a> {
+    /// The node for one side of a label set (0 source, 1 destination, 2 its service).
+    fn node(&mut self, k: &'a EdgeKey, side: u8) -> usize {
+        let (wl, ns, app, ver, canon) = if side == 0 {
+            (
+                Label::SourceWorkload,
+                Label::SourceWorkloadNamespace,
+                Label::SourceApp,
+                Label::SourceVersion,
+                Label::SourceCanonicalService,
+            )
+        } else {
+            (
+                Label::DestinationWorkload,
+                Label::DestinationWorkloadNamespace,
+                Label::DestinationApp,
+                Label::DestinationVersion,
+                Label::DestinationCanonicalService,
+            )
+        };
+        let sig = [
+            wl,
+            ns,
+            app,
+            ver,
+            canon,
+            Label::DestinationServiceName,
+            Label::DestinationService,
+            Label::DestinationServiceNamespace,
+        ]
+        .map(|l| k.0[l as usize].as_ptr() as usize);
+        if let Some(i) = self.node_of.get(&(side, sig)) {
+            return *i;
+        }
+        let n = match side {
+            0 => node_for(k, true, self.gt),
+            1 => node_for(k, false, self.gt),
+            _ => node_for(k, false, GraphType::Service),
+        };
+        // Signatures differ between a workload calling and being called: the id is what
+        // identifies a node.
+        let next = self.nodes.len();
+        let i = *self.node_by_id.entry(n.id.clone()).or_insert(next);
+        if i == next {
+            self.nodes.push(n);
+        }
+        self.node_of.insert((side, sig), i);
+        i
     }
-    let svc = node_for(k, false, GraphType::Service);
-    if svc.kind != "service" {
-        return vec![(src, dst)];
+
+    fn acc(&mut self, from: usize, to: usize) -> &mut Acc<'a> {
+        let next = self.accs.len();
+        let i = *self.acc_of.entry((from, to)).or_insert(next);
+        if i == next {
+            self.accs.push(Acc {
+                source: from,
+                target: to,
+                ..Acc::default()
+            });
+        }
+        &mut self.accs[i]
     }
-    vec![(src, svc.clone()), (svc, dst)]
+
+    /// The edges one label set adds to: caller → destination, or with service nodes
+    /// injected, caller → service (→ workload when the request reached one).
+    fn hops(&mut self, k: &'a EdgeKey, q: &GraphQuery) -> ([(usize, usize); 2], usize) {
+        let src = self.node(k, 0);
+        let dst = self.node(k, 1);
+        if !q.inject_service_nodes
+            || q.graph_type == GraphType::Service
+            || self.nodes[dst].kind == "service"
+        {
+            return ([(src, dst), (0, 0)], 1);
+        }
+        let svc = self.node(k, 2);
+        if self.nodes[svc].kind != "service" {
+            return ([(src, dst), (0, 0)], 1);
+        }
+        ([(src, svc), (svc, dst)], 2)
+    }
 }
 
 fn is_5xx(code: u16) -> bool {
@@ -484,6 +619,9 @@ fn node_for(k: &EdgeKey, source: bool, gt: GraphType) -> Node {
     n
 }
 
+/// Edges from which the per-edge work is split over two threads.
+const PARALLEL_EDGES: usize = 4096;
+
 /// Builds the graph for `q` from the rollups.
 pub fn build(st: &RollupState, resolution_secs: i64, q: &GraphQuery) -> Graph {
     let res = resolution_secs.max(1);
@@ -491,17 +629,19 @@ pub fn build(st: &RollupState, resolution_secs: i64, q: &GraphQuery) -> Graph {
     let to_s = (q.to_ns + 999_999_999).div_euclid(1_000_000_000);
     let b_from = from_s - from_s.rem_euclid(res);
     let b_to = to_s + (res - to_s.rem_euclid(res)) % res;
-    // 1. the window's label sets, merged over buckets
-    let mut window: HashMap<&EdgeKey, EdgeAgg> = HashMap::new();
-    for (_, bucket) in st.edges.range(b_from..b_to) {
-        for (k, a) in bucket {
-            window.entry(k).or_default().merge(a);
+    // 1. the window's label sets, merged over buckets (pre-merged ones where they fit)
+    let key = |id: &KeyId| st.keys.get(*id);
+    let mut window: FastMap<KeyId, KeyWindow<'_>> = FastMap::default();
+    for bucket in st.edges.cover(b_from, b_to) {
+        for (id, a) in bucket {
+            window.entry(*id).or_default().add(a);
         }
     }
     // Span-derived calls fill in pairs (caller service, destination service) that no access
     // log covers in this window.
-    let logged: HashSet<(&str, &str)> = window
+    let logged: FastSet<(&str, &str)> = window
         .keys()
+        .map(key)
         .map(|k| {
             (
                 k.get(Label::SourceCanonicalService),
@@ -509,42 +649,44 @@ pub fn build(st: &RollupState, resolution_secs: i64, q: &GraphQuery) -> Graph {
             )
         })
         .collect();
-    let mut from_spans: HashMap<&EdgeKey, EdgeAgg> = HashMap::new();
-    for (_, bucket) in st.span_edges.range(b_from..b_to) {
-        for (k, a) in bucket {
+    let mut from_spans: FastMap<KeyId, KeyWindow<'_>> = FastMap::default();
+    for bucket in st.span_edges.cover(b_from, b_to) {
+        for (id, a) in bucket {
+            let k = key(id);
             let p = (
                 k.get(Label::SourceCanonicalService),
                 k.get(Label::DestinationServiceName),
             );
             if !logged.contains(&p) {
-                from_spans.entry(k).or_default().merge(a);
+                from_spans.entry(*id).or_default().add(a);
             }
         }
     }
     window.extend(from_spans);
-    let mut idle_keys: Vec<&EdgeKey> = Vec::new();
+    let mut idle_keys: BTreeSet<KeyId> = BTreeSet::new();
     if q.include_idle {
-        for bucket in st.edges.values() {
-            for k in bucket.keys() {
-                if !window.contains_key(k) {
-                    idle_keys.push(k);
+        for bucket in st.edges.coarsest() {
+            for id in bucket.keys() {
+                if !window.contains_key(id) {
+                    idle_keys.insert(*id);
                 }
             }
         }
     }
     // 2. pairs some destination proxy reported
-    let pair = |k: &EdgeKey| {
+    fn pair(k: &EdgeKey) -> (&str, &str, &str, &str) {
         (
-            k.get(Label::SourceWorkloadNamespace).to_string(),
-            k.get(Label::SourceWorkload).to_string(),
-            k.get(Label::DestinationServiceName).to_string(),
-            ns_of_service(k).unwrap_or("unknown").to_string(),
+            k.get(Label::SourceWorkloadNamespace),
+            k.get(Label::SourceWorkload),
+            k.get(Label::DestinationServiceName),
+            ns_of_service(k).unwrap_or("unknown"),
         )
-    };
-    let dest_reported: HashSet<(String, String, String, String)> = window
+    }
+    let dest_reported: FastSet<(&str, &str, &str, &str)> = window
         .keys()
+        .map(key)
         .filter(|k| k.get(Label::Reporter) == "destination")
-        .map(|k| pair(k))
+        .map(pair)
         .collect();
     let ns_ok = |n: &Node| {
         q.namespaces.is_empty()
@@ -553,100 +695,111 @@ pub fn build(st: &RollupState, resolution_secs: i64, q: &GraphQuery) -> Graph {
                 .is_some_and(|ns| q.namespaces.iter().any(|x| x == ns))
     };
     // 3. fold label sets into edges
-    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
-    let mut accs: BTreeMap<(String, String), Acc> = BTreeMap::new();
-    for (k, a) in &window {
-        let src = node_for(k, true, q.graph_type);
-        let dst = node_for(k, false, q.graph_type);
-        if !ns_ok(&src) && !ns_ok(&dst) {
+    let mut b = Builder {
+        gt: q.graph_type,
+        node_of: FastMap::default(),
+        nodes: Vec::new(),
+        node_by_id: FastMap::default(),
+        acc_of: FastMap::default(),
+        accs: Vec::new(),
+    };
+    for (id, a) in &window {
+        let k = key(id);
+        let (hops, n) = b.hops(k, q);
+        let (src, dst) = (hops[0].0, hops[n - 1].1);
+        if !ns_ok(&b.nodes[src]) && !ns_ok(&b.nodes[dst]) {
             continue;
         }
         let reporter = k.get(Label::Reporter);
         let counted = reporter != "source" || local_reply(k) || !dest_reported.contains(&pair(k));
-        for (from, to) in hops(k, src, dst, q) {
-            let acc = accs.entry((from.id.clone(), to.id.clone())).or_default();
-            acc.from_caller |= from.kind != "service" || q.graph_type == GraphType::Service;
-            let r = acc.by_reporter.entry(reporter.to_string()).or_default();
-            r.0.merge(&a.duration);
-            r.1 += a.duration_ms_sum;
-            nodes.entry(from.id.clone()).or_insert(from);
-            nodes.entry(to.id.clone()).or_insert(to);
+        for &(from, to) in &hops[..n] {
+            let caller = b.nodes[from].kind != "service" || q.graph_type == GraphType::Service;
+            let acc = b.acc(from, to);
+            acc.from_caller |= caller;
+            let r = acc.by_reporter.entry(reporter).or_default();
+            r.0.extend_from_slice(&a.sketches);
+            r.1 += a.totals.duration_ms_sum;
             if counted {
                 acc.add(k, a);
             }
         }
     }
-    for k in idle_keys {
-        let src = node_for(k, true, q.graph_type);
-        let dst = node_for(k, false, q.graph_type);
-        if !ns_ok(&src) && !ns_ok(&dst) {
+    for id in &idle_keys {
+        let k = key(id);
+        let (hops, n) = b.hops(k, q);
+        let (src, dst) = (hops[0].0, hops[n - 1].1);
+        if !ns_ok(&b.nodes[src]) && !ns_ok(&b.nodes[dst]) {
             continue;
         }
-        for (from, to) in hops(k, src, dst, q) {
-            let acc = accs.entry((from.id.clone(), to.id.clone())).or_default();
+        for &(from, to) in &hops[..n] {
+            let acc = b.acc(from, to);
             if let Some(s) = k.known(Label::DestinationService) {
-                acc.services.entry(s.to_string()).or_default();
+                acc.services.entry(s).or_default();
             }
             acc.protocols
-                .entry(k.get(Label::RequestProtocol).to_string())
+                .entry(k.get(Label::RequestProtocol))
                 .or_default();
-            nodes.entry(from.id.clone()).or_insert(from);
-            nodes.entry(to.id.clone()).or_insert(to);
         }
     }
+    let Builder {
+        mut nodes,
+        mut accs,
+        ..
+    } = b;
     // 4. shares: per (source node, destination service)
-    let mut per_service: HashMap<(String, String), u64> = HashMap::new();
-    for ((s, _), acc) in &accs {
+    let mut per_service: FastMap<(usize, &str), u64> = FastMap::default();
+    for acc in &accs {
         for (svc, n) in &acc.services {
-            *per_service.entry((s.clone(), svc.clone())).or_default() += n;
+            *per_service.entry((acc.source, svc)).or_default() += n;
         }
     }
     let secs = ((q.to_ns - q.from_ns) as f64 / 1e9).max(1e-9);
     let breakers = breaker_index(st);
-    let mut edges = Vec::with_capacity(accs.len());
-    for ((s, t), acc) in accs {
-        if acc.agg.requests == 0 && !q.include_idle {
-            continue;
-        }
+    accs.sort_unstable_by(|x, y| {
+        (&nodes[x.source].id, &nodes[x.target].id).cmp(&(&nodes[y.source].id, &nodes[y.target].id))
+    });
+    accs.retain(|acc| acc.totals.requests > 0 || q.include_idle);
+    for acc in &accs {
+        let requests = acc.totals.requests;
+        let n = &mut nodes[acc.target];
+        n.requests_in += requests;
+        n.in_5xx += acc.e5;
+        n.in_4xx += acc.e4;
+        n.errors_in += acc.e5 + acc.e4;
+        let n = &mut nodes[acc.source];
+        n.requests_out += requests;
+        n.out_requests_5xx.0 += requests;
+        n.out_requests_5xx.1 += acc.e5;
+        n.out_requests_5xx.2 += acc.e4;
+    }
+    let nodes_ro = &nodes;
+    let finish = |acc: &Acc<'_>, union: &mut UnionQuantiles| -> Edge {
+        let nodes = nodes_ro;
         let service = acc
             .services
             .iter()
             .max_by_key(|(_, n)| **n)
-            .map(|(s, _)| s.clone());
+            .map(|(s, n)| (*s, *n));
         let share = service
-            .as_ref()
-            .and_then(|svc| per_service.get(&(s.clone(), svc.clone())))
-            .filter(|d| **d > 0)
-            .map_or(0.0, |d| {
-                acc.services[service.as_ref().unwrap_or(&String::new())] as f64 / *d as f64
-            });
-        let requests = acc.agg.requests;
+            .and_then(|(svc, n)| Some((per_service.get(&(acc.source, svc))?, n)))
+            .filter(|(d, _)| **d > 0)
+            .map_or(0.0, |(d, n)| n as f64 / *d as f64);
+        let requests = acc.totals.requests;
         let errors = acc.e5 + acc.e4;
-        let mut cb = breaker_for(st, &breakers, &acc, q);
+        let mut cb = breaker_for(st, &breakers, acc, q);
         cb.uo_responses = acc.flags.get("UO").copied().unwrap_or(0);
         cb.uh_responses = acc.flags.get("UH").copied().unwrap_or(0);
         cb.tripped = cb.uo_responses > 0 || cb.overflow > 0.0 || cb.cx_overflow > 0.0 || cb.open;
         let health = q.health.health(requests, acc.e5, acc.e4);
-        if let Some(n) = nodes.get_mut(&t) {
-            n.requests_in += requests;
-            n.in_5xx += acc.e5;
-            n.in_4xx += acc.e4;
-            n.errors_in += errors;
-        }
-        if let Some(n) = nodes.get_mut(&s) {
-            n.requests_out += requests;
-            n.out_requests_5xx.0 += requests;
-            n.out_requests_5xx.1 += acc.e5;
-            n.out_requests_5xx.2 += acc.e4;
-        }
-        edges.push(Edge {
+        let (s, t) = (nodes[acc.source].id.clone(), nodes[acc.target].id.clone());
+        Edge {
             id: format!("{s}->{t}"),
             protocol: acc
                 .protocols
                 .iter()
                 .max_by_key(|(_, n)| **n)
-                .map_or_else(|| "http".into(), |(p, _)| p.clone()),
-            destination_service: service,
+                .map_or_else(|| "http".into(), |(p, _)| p.to_string()),
+            destination_service: service.map(|(s, _)| s.to_string()),
             requests,
             rps: round3(requests as f64 / secs),
             errors,
@@ -658,20 +811,20 @@ pub fn build(st: &RollupState, resolution_secs: i64, q: &GraphQuery) -> Graph {
                 0.0
             },
             traffic_share: round3(share),
-            latency_ms: Latency::of(&acc.agg.duration, acc.agg.duration_ms_sum),
+            latency_ms: Latency::of(union, &acc.sketches, acc.totals.duration_ms_sum),
             latency_ms_by_reporter: acc
                 .by_reporter
                 .iter()
-                .filter(|(r, _)| *r != "unknown")
-                .map(|(r, (sk, sum))| (r.clone(), Latency::of(sk, *sum)))
+                .filter(|(r, _)| **r != "unknown")
+                .map(|(r, (sk, sum))| (r.to_string(), Latency::of(union, sk, *sum)))
                 .collect(),
-            response_codes: acc.codes,
+            response_codes: acc.codes.iter().map(|(c, n)| (c.to_string(), *n)).collect(),
             response_flags: acc
                 .flags
                 .iter()
                 .map(|(f, n)| {
                     (
-                        f.clone(),
+                        f.to_string(),
                         FlagCount {
                             count: *n,
                             meaning: response_flag_meaning(f).unwrap_or("not an Envoy flag"),
@@ -681,11 +834,15 @@ pub fn build(st: &RollupState, resolution_secs: i64, q: &GraphQuery) -> Graph {
                 .collect(),
             codes_by_flags: acc
                 .code_flags
-                .into_iter()
-                .map(|((code, flags), count)| CodeFlags { code, flags, count })
+                .iter()
+                .map(|((code, flags), count)| CodeFlags {
+                    code: *code,
+                    flags: flags.to_string(),
+                    count: *count,
+                })
                 .collect(),
-            bytes_sent: acc.agg.request_bytes,
-            bytes_received: acc.agg.response_bytes,
+            bytes_sent: acc.totals.request_bytes,
+            bytes_received: acc.totals.response_bytes,
             circuit_breaker: cb,
             fault_injection: FaultInjection {
                 aborted: acc.flags.get("FI").copied().unwrap_or(0),
@@ -694,10 +851,33 @@ pub fn build(st: &RollupState, resolution_secs: i64, q: &GraphQuery) -> Graph {
             health,
             source: s,
             target: t,
-        });
-    }
+        }
+    };
+    // The per-edge work (percentiles, breaker state) is most of a big graph: two threads.
+    let run = |part: &[Acc<'_>]| {
+        let mut union = UnionQuantiles::default();
+        part.iter()
+            .map(|a| finish(a, &mut union))
+            .collect::<Vec<_>>()
+    };
+    let edges = if accs.len() >= PARALLEL_EDGES {
+        let (a, b) = accs.split_at(accs.len() / 2);
+        std::thread::scope(|sc| {
+            let second = sc.spawn(|| run(b));
+            let mut edges = run(a);
+            edges.extend(
+                second
+                    .join()
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+            );
+            edges
+        })
+    } else {
+        run(&accs)
+    };
+    drop(accs);
     // 5. node health: from inbound traffic, else outbound
-    for n in nodes.values_mut() {
+    for n in nodes.iter_mut() {
         n.health = if n.requests_in > 0 {
             q.health.health(n.requests_in, n.in_5xx, n.in_4xx)
         } else {
@@ -710,9 +890,10 @@ pub fn build(st: &RollupState, resolution_secs: i64, q: &GraphQuery) -> Graph {
         .flat_map(|e| [e.source.as_str(), e.target.as_str()])
         .collect();
     let mut nodes: Vec<Node> = nodes
-        .into_values()
+        .into_iter()
         .filter(|n| used.contains(n.id.as_str()))
         .collect();
+    nodes.sort_unstable_by(|a, b| a.id.cmp(&b.id));
     assign_ranks(&mut nodes, &edges);
     Graph {
         graph_type: q.graph_type,
@@ -748,7 +929,7 @@ fn breaker_index(st: &RollupState) -> BreakerIndex<'_> {
 fn breaker_for(
     st: &RollupState,
     index: &BreakerIndex<'_>,
-    acc: &Acc,
+    acc: &Acc<'_>,
     q: &GraphQuery,
 ) -> CircuitBreaker {
     let mut cb = CircuitBreaker::default();
@@ -760,10 +941,10 @@ fn breaker_for(
     let mine = acc
         .sources
         .iter()
-        .filter_map(|(ns, wl)| index.get(&(ns.as_str(), wl.as_str())))
+        .filter_map(|(ns, wl)| index.get(&(*ns, *wl)))
         .flatten();
     for (host, key, series) in mine {
-        if !acc.services.contains_key(host) {
+        if !acc.services.contains_key(host.as_str()) {
             continue;
         }
         let m = &*key.metric;

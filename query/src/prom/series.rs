@@ -17,7 +17,7 @@ use meshscope_schemas::table::stat_samples as ss;
 use promql_parser::label::{MatchOp, Matcher, Matchers};
 
 use crate::rollup::RollupState;
-use crate::rollup::edges::{DURATION_BUCKETS_MS, EdgeAgg, EdgeKey, Label, SIZE_BUCKETS};
+use crate::rollup::edges::{DURATION_BUCKETS_MS, EdgeAgg, EdgeKey, FastMap, Label, SIZE_BUCKETS};
 use crate::sql::QueryEngine;
 
 pub type Labels = BTreeMap<String, String>;
@@ -327,8 +327,8 @@ fn span_labels(k: &EdgeKey, name: &str) -> Option<Labels> {
 /// (rollup key, part); buckets then only add numbers. Several rollup keys may give one label
 /// set (labels the series do not show). `base` gives a key's labels (`__name__` included), or
 /// `None` to leave it out; with `seconds`, duration sums are converted from milliseconds.
-fn slotted<'a, K: Eq + std::hash::Hash + 'a>(
-    buckets: impl Iterator<Item = (&'a i64, &'a HashMap<K, EdgeAgg>)>,
+fn slotted<'a, K: Eq + std::hash::Hash + 'a, S: std::hash::BuildHasher + 'a>(
+    buckets: impl Iterator<Item = (&'a i64, &'a HashMap<K, EdgeAgg, S>)>,
     parts: &Parts,
     matchers: &Matchers,
     seconds: bool,
@@ -336,7 +336,7 @@ fn slotted<'a, K: Eq + std::hash::Hash + 'a>(
 ) -> Vec<(Labels, BTreeMap<i64, f64>)> {
     let mut slots: Vec<Labels> = Vec::new();
     let mut slot_of: HashMap<Labels, usize> = HashMap::new();
-    let mut key_slots: HashMap<&K, Vec<Option<usize>>> = HashMap::new();
+    let mut key_slots: FastMap<&K, Vec<Option<usize>>> = FastMap::default();
     let mut acc: Vec<BTreeMap<i64, f64>> = Vec::new();
     for (bucket, b) in buckets {
         for (k, a) in b {
@@ -428,7 +428,8 @@ pub fn rollup_series(
     let (parts, tcp_only) = plan(name, spans)?;
     let source = if spans { &st.span_edges } else { &st.edges };
     let failed_only = name == "traces_service_graph_request_failed_total";
-    let acc = slotted(source.iter(), &parts, matchers, spans, |k: &EdgeKey| {
+    let acc = slotted(source.fine(), &parts, matchers, spans, |id| {
+        let k = st.keys.get(*id);
         let is_tcp = k.get(Label::RequestProtocol) == "tcp";
         // HTTP metrics leave TCP connections out; TCP byte counters take only them.
         if !spans && tcp_only != is_tcp {

@@ -1,6 +1,6 @@
 //! Edge rollups from `requests` rows, keyed by Istio's standard metric labels.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -179,7 +179,192 @@ impl EdgeAgg {
     }
 }
 
-pub type Bucket = HashMap<EdgeKey, EdgeAgg>;
+/// A fast hasher for the rollups' small integer and interned-string keys (not for input an
+/// attacker picks freely: keys are label sets already admitted by the collector).
+pub type FastMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
+
+pub type FastSet<K> = HashSet<K, rustc_hash::FxBuildHasher>;
+
+/// A label set's number in the [`KeyTable`]: buckets hold these, not the 17 strings.
+pub type KeyId = u32;
+
+/// One bucket: label set → counts.
+pub type Bucket = FastMap<KeyId, EdgeAgg>;
+
+/// Every label set seen, numbered once, so a bucket entry is a `u32` and a query that meets
+/// the same label set in sixty buckets works out its node, edge and matchers once.
+#[derive(Default)]
+pub struct KeyTable {
+    keys: Vec<EdgeKey>,
+    ids: FastMap<EdgeKey, KeyId>,
+}
+
+impl KeyTable {
+    pub fn id(&mut self, key: EdgeKey) -> KeyId {
+        if let Some(id) = self.ids.get(&key) {
+            return *id;
+        }
+        let id = self.keys.len() as KeyId;
+        self.keys.push(key.clone());
+        self.ids.insert(key, id);
+        id
+    }
+
+    pub fn get(&self, id: KeyId) -> &EdgeKey {
+        &self.keys[id as usize]
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Keeps only the label sets `live` holds; returns old id → new id.
+    pub fn retain(&mut self, live: &[bool]) -> Vec<Option<KeyId>> {
+        let mut remap = vec![None; self.keys.len()];
+        let old = std::mem::take(&mut self.keys);
+        self.ids.clear();
+        for (i, k) in old.into_iter().enumerate() {
+            if live.get(i).copied().unwrap_or(false) {
+                remap[i] = Some(self.id(k));
+            }
+        }
+        remap
+    }
+}
+
+/// Buckets at the rollup resolution plus pre-merged 10-minute and 1-hour buckets, so a graph
+/// over an hour merges a dozen buckets instead of sixty, and over a day ~30 instead of 1,440.
+#[derive(Default)]
+pub struct Tiered {
+    /// (width in seconds, bucket start → bucket), finest first.
+    levels: Vec<(i64, BTreeMap<i64, Bucket>)>,
+}
+
+/// Widths of the pre-merged levels above the resolution.
+pub const COARSE_WIDTHS: [i64; 2] = [600, 3600];
+
+impl Tiered {
+    pub fn new(resolution_secs: i64) -> Tiered {
+        let res = resolution_secs.max(1);
+        let mut levels = vec![(res, BTreeMap::new())];
+        for w in COARSE_WIDTHS {
+            if w > res && w % res == 0 {
+                levels.push((w, BTreeMap::new()));
+            }
+        }
+        Tiered { levels }
+    }
+
+    fn ensure(&mut self, resolution_secs: i64) {
+        if self.levels.is_empty() {
+            *self = Tiered::new(resolution_secs);
+        }
+    }
+
+    /// Adds `agg` for label set `id` to the bucket starting at `bucket` (a multiple of the
+    /// resolution) and to the coarser buckets around it.
+    pub fn add(&mut self, resolution_secs: i64, bucket: i64, id: KeyId, agg: &EdgeAgg) {
+        self.ensure(resolution_secs);
+        for (w, level) in &mut self.levels {
+            let start = bucket - bucket.rem_euclid(*w);
+            level
+                .entry(start)
+                .or_default()
+                .entry(id)
+                .or_default()
+                .merge(agg);
+        }
+    }
+
+    /// The buckets at the rollup resolution.
+    pub fn fine(&self) -> impl DoubleEndedIterator<Item = (&i64, &Bucket)> + Clone {
+        self.levels.first().into_iter().flat_map(|(_, l)| l.iter())
+    }
+
+    /// Buckets covering `[from, to)` (multiples of the resolution) exactly once each, the
+    /// coarsest that fit.
+    pub fn cover(&self, from: i64, to: i64) -> Vec<&Bucket> {
+        let mut out = Vec::new();
+        let Some((res, fine)) = self.levels.first() else {
+            return out;
+        };
+        let mut t = from;
+        while t < to {
+            let level = self
+                .levels
+                .iter()
+                .rev()
+                .find(|(w, _)| t.rem_euclid(*w) == 0 && t + *w <= to);
+            match level {
+                Some((w, l)) => {
+                    out.extend(l.get(&t));
+                    t += *w;
+                }
+                None => {
+                    // `from` is not on the resolution grid: take the fine buckets as they are.
+                    let next = t - t.rem_euclid(*res) + *res;
+                    out.extend(fine.range(t..next).map(|(_, b)| b));
+                    t = next;
+                }
+            }
+        }
+        out
+    }
+
+    /// The coarsest level: every label set of the retention in the fewest buckets.
+    pub fn coarsest(&self) -> impl Iterator<Item = &Bucket> {
+        self.levels.last().into_iter().flat_map(|(_, l)| l.values())
+    }
+
+    /// Drops buckets that end at or before `oldest`.
+    pub fn prune(&mut self, oldest: i64) {
+        for (w, level) in &mut self.levels {
+            let keep = level.split_off(&(oldest - *w + 1));
+            *level = keep;
+        }
+    }
+
+    /// Marks the label sets still referenced.
+    pub fn mark_live(&self, live: &mut [bool]) {
+        for (_, level) in &self.levels {
+            for b in level.values() {
+                for id in b.keys() {
+                    live[*id as usize] = true;
+                }
+            }
+        }
+    }
+
+    /// Renumbers label sets after [`KeyTable::retain`].
+    pub fn remap(&mut self, remap: &[Option<KeyId>]) {
+        for (_, level) in &mut self.levels {
+            for b in level.values_mut() {
+                *b = std::mem::take(b)
+                    .into_iter()
+                    .filter_map(|(id, a)| Some((remap[id as usize]?, a)))
+                    .collect();
+            }
+        }
+    }
+
+    /// Fine buckets held.
+    pub fn len(&self) -> usize {
+        self.levels.first().map_or(0, |(_, l)| l.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Label sets summed over the fine buckets.
+    pub fn label_sets(&self) -> usize {
+        self.fine().map(|(_, b)| b.len()).sum()
+    }
+}
 
 /// Interns label values so a million rows of one edge share one allocation per value.
 #[derive(Default)]
@@ -322,13 +507,101 @@ pub(super) fn fold_requests(
         folded += 1;
     }
     for ((bucket, labels), agg) in groups {
-        let key = EdgeKey(labels.map(|l| st.interner.get(l)));
-        st.edges
-            .entry(bucket)
-            .or_default()
-            .entry(key)
-            .or_default()
-            .merge(&agg);
+        let id = st.keys.id(EdgeKey(labels.map(|l| st.interner.get(l))));
+        st.edges.add(resolution_secs, bucket, id, &agg);
     }
     folded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agg(n: u64, ms: f64) -> EdgeAgg {
+        let mut a = EdgeAgg::default();
+        for _ in 0..n {
+            a.add(ms, 1, 2);
+        }
+        a
+    }
+
+    #[test]
+    fn cover_uses_each_request_once_whatever_the_window() {
+        let mut t = Tiered::new(60);
+        // three hours of minutes, two label sets, counts that differ per minute
+        let start = 1_700_000_000 - 1_700_000_000 % 3600 - 600;
+        let mut minutes = Vec::new();
+        for m in 0..180i64 {
+            let b = start + m * 60;
+            let n = (m as u64 * 7) % 5 + 1;
+            t.add(60, b, (m % 2) as KeyId, &agg(n, m as f64 + 1.0));
+            minutes.push((b, n));
+        }
+        let mut rng = 7u64;
+        for _ in 0..500 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let from = start - 120 + (rng % 200) as i64 * 60;
+            let to = from + ((rng >> 20) % 190) as i64 * 60;
+            let want: u64 = minutes
+                .iter()
+                .filter(|(b, _)| *b >= from && *b < to)
+                .map(|(_, n)| n)
+                .sum();
+            let cover = t.cover(from, to);
+            let got: u64 = cover
+                .iter()
+                .flat_map(|b| b.values())
+                .map(|a| a.requests)
+                .sum();
+            assert_eq!(got, want, "window {from}..{to}");
+            let sketched: u64 = cover
+                .iter()
+                .flat_map(|b| b.values())
+                .map(|a| a.duration.count())
+                .sum();
+            assert_eq!(sketched, want);
+            if to - from >= 2 * 3600 {
+                assert!(
+                    cover.len() < 40,
+                    "{} buckets for {}",
+                    cover.len(),
+                    to - from
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn pruning_and_renumbering_keep_the_live_label_sets() {
+        let mut keys = KeyTable::default();
+        let mut interner = Interner::default();
+        let key = |i: usize, interner: &mut Interner| {
+            EdgeKey(std::array::from_fn(|l| interner.get(&format!("{l}-{i}"))))
+        };
+        let mut t = Tiered::new(60);
+        for i in 0..10 {
+            let id = keys.id(key(i, &mut interner));
+            t.add(60, 3600 * i as i64, id, &agg(1, 5.0));
+        }
+        assert_eq!(
+            keys.id(key(3, &mut interner)),
+            3,
+            "a label set keeps its number"
+        );
+        t.prune(3600 * 8);
+        let mut live = vec![false; keys.len()];
+        t.mark_live(&mut live);
+        assert_eq!(live.iter().filter(|l| **l).count(), 2);
+        let remap = keys.retain(&live);
+        t.remap(&remap);
+        assert_eq!(keys.len(), 2);
+        let ids: Vec<KeyId> = t.fine().flat_map(|(_, b)| b.keys().copied()).collect();
+        let names: Vec<&str> = ids
+            .iter()
+            .map(|i| keys.get(*i).get(Label::Reporter))
+            .collect();
+        assert_eq!(names, ["0-8", "0-9"]);
+    }
 }

@@ -55,10 +55,12 @@ impl Default for RollupConfig {
 /// The rollup state behind the lock.
 #[derive(Default)]
 pub struct RollupState {
-    /// bucket start (unix seconds) → label set → aggregate.
-    pub edges: BTreeMap<i64, edges::Bucket>,
+    /// bucket start (unix seconds) → label set → aggregate, with pre-merged coarse buckets.
+    pub edges: edges::Tiered,
     /// The same rollups from client/server span pairs (used where no access log covers a pair).
-    pub span_edges: BTreeMap<i64, edges::Bucket>,
+    pub span_edges: edges::Tiered,
+    /// The label sets `edges` and `span_edges` refer to by number.
+    pub keys: edges::KeyTable,
     pub spans: spans::SpanPairer,
     /// Per bucket: span counts and durations by service, name, kind and status (Tempo's
     /// span metrics).
@@ -204,9 +206,10 @@ impl Rollups {
         serde_json::json!({
             "rows": self.shared.rows.load(Ordering::Relaxed),
             "buckets": st.edges.len(),
-            "edge_label_sets": st.edges.values().map(|b| b.len()).sum::<usize>(),
+            "edge_label_sets": st.edges.label_sets(),
+            "distinct_label_sets": st.keys.len(),
             "breaker_series": st.breaker.len(),
-            "span_edge_label_sets": st.span_edges.values().map(|b| b.len()).sum::<usize>(),
+            "span_edge_label_sets": st.span_edges.label_sets(),
             "spans_waiting_for_their_pair": st.spans.pending(),
             "resolution_seconds": self.shared.cfg.resolution.as_secs(),
             "loaded": self.shared.loaded.load(Ordering::Relaxed),
@@ -248,10 +251,18 @@ impl Shared {
     fn prune(&self, now: i64) {
         let oldest = now - self.cfg.retention.as_secs() as i64;
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
-        let keep = st.edges.split_off(&oldest);
-        st.edges = keep;
-        let keep = st.span_edges.split_off(&oldest);
-        st.span_edges = keep;
+        st.edges.prune(oldest);
+        st.span_edges.prune(oldest);
+        // Forget label sets no bucket holds any more once they are most of the table.
+        let mut live = vec![false; st.keys.len()];
+        st.edges.mark_live(&mut live);
+        st.span_edges.mark_live(&mut live);
+        let n_live = live.iter().filter(|l| **l).count();
+        if st.keys.len() > 2 * n_live + 1024 {
+            let remap = st.keys.retain(&live);
+            st.edges.remap(&remap);
+            st.span_edges.remap(&remap);
+        }
         let keep = st.span_metrics.split_off(&oldest);
         st.span_metrics = keep;
         st.breaker.prune(oldest);

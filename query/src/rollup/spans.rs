@@ -314,13 +314,8 @@ fn emit(
     ];
     let secs = measured.time_ns.div_euclid(1_000_000_000);
     let bucket = secs - secs.rem_euclid(res.max(1));
-    let key = EdgeKey(labels.map(|l| st.interner.get(&l)));
+    let id = st.keys.id(EdgeKey(labels.map(|l| st.interner.get(&l))));
     let mut agg = EdgeAgg::default();
     agg.add(measured.duration_ms, 0, 0);
-    st.span_edges
-        .entry(bucket)
-        .or_default()
-        .entry(key)
-        .or_default()
-        .merge(&agg);
+    st.span_edges.add(res.max(1), bucket, id, &agg);
 }
