@@ -130,9 +130,7 @@ fn run_one(edges: usize, rps: usize, minutes: usize, iterations: usize) -> anyho
         let t = Instant::now();
         let st = rollups.read();
         let g = build(&st, 60, &q);
-        eprintln!("build {:?}", t.elapsed());
         let body = serde_json::to_vec(&g)?;
-        eprintln!("json {:?}", t.elapsed());
         times.push(t.elapsed());
         shown = (g.edges.len(), body.len());
     }

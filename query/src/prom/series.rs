@@ -344,6 +344,16 @@ fn slotted<'a, K: Eq + std::hash::Hash + 'a, S: std::hash::BuildHasher + 'a>(
                 let Some(base) = base(k) else {
                     return vec![None; parts.len()];
                 };
+                // Most label sets fail a matcher on a label other than `le`: settle those
+                // before building one label set per histogram bucket.
+                let possible = matchers
+                    .matchers
+                    .iter()
+                    .filter(|m| m.name != "le")
+                    .all(|m| m.is_match(base.get(&m.name).map_or("", String::as_str)));
+                if !possible {
+                    return vec![None; parts.len()];
+                }
                 parts
                     .iter()
                     .map(|(le, _)| {
