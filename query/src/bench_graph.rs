@@ -185,7 +185,7 @@ fn run_one(edges: usize, rps: usize, minutes: usize, iterations: usize) -> anyho
                 series: map,
                 now_ms: now * 1000,
             };
-            let out = crate::prom::eval_range(&ev, &expr, start * 1000, now * 1000, 15_000)
+            let out = crate::prom::eval_range(&ev, &expr, start * 1000, now * 1000, 15_000, None)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             let _ = serde_json::to_vec(&out.iter().collect::<Vec<_>>())?;
             times.push(t.elapsed());

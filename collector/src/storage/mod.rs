@@ -1059,7 +1059,7 @@ impl Store {
     ) -> Result<(FileEntry, usize), StoreError> {
         let (sorted, bytes) = tokio::task::spawn_blocking(move || {
             let sorted = segment::sort_for_segment(table, &batches)?;
-            let bytes = segment::encode_parquet(table, &sorted)?;
+            let bytes = segment::encode_parquet(table, &sorted, level)?;
             Ok::<_, StoreError>((sorted, bytes))
         })
         .await

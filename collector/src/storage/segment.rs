@@ -50,13 +50,26 @@ pub fn sort_for_segment(table: Table, batches: &[RecordBatch]) -> Result<RecordB
     Ok(take_record_batch(&batch, &idx)?)
 }
 
-pub fn writer_properties(table: Table, rows: usize) -> WriterProperties {
+/// zstd level of files a flush writes: fast, since most of them are merged again soon.
+pub const FLUSH_ZSTD_LEVEL: i32 = 1;
+/// zstd level of compacted files, which stay: smaller at ~3× the compression time.
+pub const COMPACTED_ZSTD_LEVEL: i32 = 6;
+
+/// Writer settings for a file of `rows` rows at compaction `level` (0: written by a flush).
+pub fn writer_properties(table: Table, rows: usize, level: u32) -> WriterProperties {
     let schema = table.schema();
     let sort_idx = schema.index_of(table.sort_column()).unwrap_or(0) as i32;
     // Page-level min/max only where rows are sorted or clustered (the sort key and time);
     // elsewhere page statistics cost bytes and prune nothing.
     let mut b = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(6).unwrap_or_default()))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(if level == 0 {
+                FLUSH_ZSTD_LEVEL
+            } else {
+                COMPACTED_ZSTD_LEVEL
+            })
+            .unwrap_or_default(),
+        ))
         .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_column_statistics_enabled(
             ColumnPath::from(table.sort_column()),
@@ -101,13 +114,17 @@ pub fn writer_properties(table: Table, rows: usize) -> WriterProperties {
     b.build()
 }
 
-/// Encodes a sorted batch as one Parquet file.
-pub fn encode_parquet(table: Table, batch: &RecordBatch) -> Result<Vec<u8>, StoreError> {
+/// Encodes a sorted batch as one Parquet file (compaction `level`, 0 for a flush).
+pub fn encode_parquet(
+    table: Table,
+    batch: &RecordBatch,
+    level: u32,
+) -> Result<Vec<u8>, StoreError> {
     let mut out = Vec::with_capacity(batch.get_array_memory_size() / 4);
     let mut w = ArrowWriter::try_new(
         &mut out,
         table.schema(),
-        Some(writer_properties(table, batch.num_rows())),
+        Some(writer_properties(table, batch.num_rows(), level)),
     )?;
     w.write(batch)?;
     w.close()?;

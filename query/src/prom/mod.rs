@@ -6,7 +6,7 @@ pub mod eval;
 pub mod series;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -276,10 +276,14 @@ pub fn eval_range(
     start: i64,
     end: i64,
     step: i64,
+    deadline: Option<Instant>,
 ) -> Result<BTreeMap<series::Labels, Vec<(i64, f64)>>, eval::EvalError> {
     let mut out: BTreeMap<series::Labels, Vec<(i64, f64)>> = BTreeMap::new();
     let mut t = start;
     while t <= end {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(eval::EvalError("query timed out".into()));
+        }
         match ev.eval(expr, t)? {
             Value::Scalar(x) => out.entry(series::Labels::new()).or_default().push((t, x)),
             Value::Vector(v) => {
@@ -342,7 +346,14 @@ async fn query_range(
         Ok(e) => e,
         Err(r) => return r.into_response(),
     };
-    match evaluate(s.timeout, move || eval_range(&ev, &expr, start, end, step)).await {
+    // The evaluation stops by itself at the deadline too, so a timed-out query does not keep
+    // a blocking thread busy after its 503.
+    let deadline = Instant::now() + s.timeout;
+    match evaluate(s.timeout, move || {
+        eval_range(&ev, &expr, start, end, step, Some(deadline))
+    })
+    .await
+    {
         Ok(out) => ok(matrix_json(out.into_iter())),
         Err(e) => e.into_response(),
     }
