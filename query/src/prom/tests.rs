@@ -271,3 +271,17 @@ fn tempo_span_metrics_and_service_graph_metrics_count_the_spans() {
         "{p50:?}"
     );
 }
+
+#[test]
+fn a_range_evaluation_stops_at_its_deadline() {
+    let expr = promql_parser::parser::parse("vector(1)").unwrap();
+    let ev = Evaluator {
+        series: HashMap::new(),
+        now_ms: 3_600_000,
+    };
+    let all = super::eval_range(&ev, &expr, 0, 3_600_000, 15_000, None).unwrap();
+    assert_eq!(all.values().map(Vec::len).sum::<usize>(), 241);
+    let past = std::time::Instant::now() - std::time::Duration::from_millis(1);
+    let err = super::eval_range(&ev, &expr, 0, 3_600_000, 15_000, Some(past)).unwrap_err();
+    assert!(err.0.contains("timed out"), "{}", err.0);
+}
