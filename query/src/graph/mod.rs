@@ -10,6 +10,7 @@ pub mod api;
 pub mod render;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::BuildHasher;
 
 use meshscope_schemas::envoy::{IstioCluster, LOCAL_REPLY_FLAGS, response_flag_meaning};
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -186,8 +187,12 @@ pub struct Latency {
 
 impl Latency {
     /// From the sketches of an edge's label sets and buckets, and their duration sum.
-    fn of(union: &mut UnionQuantiles, sketches: &[&LatencySketch], sum: f64) -> Latency {
-        let n: u64 = sketches.iter().map(|s| s.count()).sum();
+    fn of<'s>(
+        union: &mut UnionQuantiles,
+        sketches: impl IntoIterator<Item = &'s LatencySketch> + Clone,
+        sum: f64,
+    ) -> Latency {
+        let n: u64 = sketches.clone().into_iter().map(|s| s.count()).sum();
         let [p50, p95, p99] = union
             .quantiles(sketches, [0.5, 0.95, 0.99])
             .map(|v| v.map(round3));
@@ -296,11 +301,12 @@ pub struct Graph {
 struct Acc<'a> {
     source: usize,
     target: usize,
-    /// Counted requests: totals and the duration sketches they are in.
+    /// Counted requests: totals, and the label sets (indices in the window) whose duration
+    /// sketches hold them.
     totals: Totals,
-    sketches: Vec<&'a LatencySketch>,
-    /// Every request by reporter (counted or not): sketches and duration sum.
-    by_reporter: BTreeMap<&'a str, (Vec<&'a LatencySketch>, f64)>,
+    keys: Vec<u32>,
+    /// Every request by reporter (counted or not): label sets and duration sum.
+    by_reporter: BTreeMap<&'a str, (Vec<u32>, f64)>,
     codes: BTreeMap<u16, u64>,
     code_flags: BTreeMap<(u16, &'a str), u64>,
     flags: BTreeMap<&'a str, u64>,
@@ -357,10 +363,35 @@ impl<'a> KeyWindow<'a> {
 }
 
 impl<'a> Acc<'a> {
-    fn add(&mut self, k: &'a EdgeKey, w: &KeyWindow<'a>) {
+    /// Adds another accumulation of the same edge.
+    fn merge(&mut self, o: Acc<'a>) {
+        fn add<K: Ord>(into: &mut BTreeMap<K, u64>, from: BTreeMap<K, u64>) {
+            for (k, n) in from {
+                *into.entry(k).or_default() += n;
+            }
+        }
+        self.totals.add(&o.totals);
+        self.keys.extend(o.keys);
+        for (r, (keys, sum)) in o.by_reporter {
+            let e = self.by_reporter.entry(r).or_default();
+            e.0.extend(keys);
+            e.1 += sum;
+        }
+        add(&mut self.codes, o.codes);
+        add(&mut self.code_flags, o.code_flags);
+        add(&mut self.flags, o.flags);
+        add(&mut self.services, o.services);
+        add(&mut self.protocols, o.protocols);
+        self.sources.extend(o.sources);
+        self.from_caller |= o.from_caller;
+        self.e5 += o.e5;
+        self.e4 += o.e4;
+    }
+
+    fn add(&mut self, k: &'a EdgeKey, w: &KeyWindow<'a>, wi: u32) {
         let a = &w.totals;
         self.totals.add(a);
-        self.sketches.extend_from_slice(&w.sketches);
+        self.keys.push(wi);
         let code = k.response_code();
         *self.codes.entry(code).or_default() += a.requests;
         *self
@@ -405,6 +436,44 @@ struct Builder<'a> {
 }
 
 impl<'a> Builder<'a> {
+    fn new(gt: GraphType) -> Builder<'a> {
+        Builder {
+            gt,
+            node_of: FastMap::default(),
+            nodes: Vec::new(),
+            node_by_id: FastMap::default(),
+            acc_of: FastMap::default(),
+            accs: Vec::new(),
+        }
+    }
+
+    /// Takes in the nodes and edges another builder made from other label sets.
+    fn absorb(&mut self, other: Builder<'a>) {
+        let map: Vec<usize> = other
+            .nodes
+            .into_iter()
+            .map(|n| {
+                let next = self.nodes.len();
+                let i = *self.node_by_id.entry(n.id.clone()).or_insert(next);
+                if i == next {
+                    self.nodes.push(n);
+                }
+                i
+            })
+            .collect();
+        for mut acc in other.accs {
+            acc.source = map[acc.source];
+            acc.target = map[acc.target];
+            let next = self.accs.len();
+            let i = *self.acc_of.entry((acc.source, acc.target)).or_insert(next);
+            if i == next {
+                self.accs.push(acc);
+            } else {
+                self.accs[i].merge(acc);
+            }
+        }
+    }
+
     /// The node for one side of a label set (0 source, 1 destination, 2 its service).
     fn node(&mut self, k: &'a EdgeKey, side: u8) -> usize {
         let (wl, ns, app, ver, canon) = if side == 0 {
@@ -619,11 +688,28 @@ fn node_for(k: &EdgeKey, source: bool, gt: GraphType) -> Node {
     n
 }
 
+/// The duration sketches of the label sets at `keys` in the window.
+fn sketches_of<'w, 'a: 'w>(
+    window: &'w [(KeyId, KeyWindow<'a>)],
+    keys: &'w [u32],
+) -> impl Iterator<Item = &'a LatencySketch> + Clone + 'w {
+    keys.iter()
+        .flat_map(move |i| window[*i as usize].1.sketches.iter().copied())
+}
+
+/// Label sets in a window from which folding them into edges is split over two threads.
+const PARALLEL_LABEL_SETS: usize = 8192;
+
 /// Edges from which the per-edge work is split over two threads.
 const PARALLEL_EDGES: usize = 4096;
 
 /// Builds the graph for `q` from the rollups.
 pub fn build(st: &RollupState, resolution_secs: i64, q: &GraphQuery) -> Graph {
+    build_with(st, resolution_secs, q, true)
+}
+
+/// [`build`], with the two-thread paths for big graphs allowed or not (tests compare both).
+fn build_with(st: &RollupState, resolution_secs: i64, q: &GraphQuery, threads: bool) -> Graph {
     let res = resolution_secs.max(1);
     let from_s = q.from_ns.div_euclid(1_000_000_000);
     let to_s = (q.to_ns + 999_999_999).div_euclid(1_000_000_000);
@@ -695,35 +781,62 @@ pub fn build(st: &RollupState, resolution_secs: i64, q: &GraphQuery) -> Graph {
                 .is_some_and(|ns| q.namespaces.iter().any(|x| x == ns))
     };
     // 3. fold label sets into edges
-    let mut b = Builder {
-        gt: q.graph_type,
-        node_of: FastMap::default(),
-        nodes: Vec::new(),
-        node_by_id: FastMap::default(),
-        acc_of: FastMap::default(),
-        accs: Vec::new(),
-    };
-    for (id, a) in &window {
-        let k = key(id);
-        let (hops, n) = b.hops(k, q);
-        let (src, dst) = (hops[0].0, hops[n - 1].1);
-        if !ns_ok(&b.nodes[src]) && !ns_ok(&b.nodes[dst]) {
-            continue;
-        }
-        let reporter = k.get(Label::Reporter);
-        let counted = reporter != "source" || local_reply(k) || !dest_reported.contains(&pair(k));
-        for &(from, to) in &hops[..n] {
-            let caller = b.nodes[from].kind != "service" || q.graph_type == GraphType::Service;
-            let acc = b.acc(from, to);
-            acc.from_caller |= caller;
-            let r = acc.by_reporter.entry(reporter).or_default();
-            r.0.extend_from_slice(&a.sketches);
-            r.1 += a.totals.duration_ms_sum;
-            if counted {
-                acc.add(k, a);
+    // Indexed from here on: edges refer to label sets by their place in `window`.
+    let window: Vec<(KeyId, KeyWindow<'_>)> = window.into_iter().collect();
+    // Label sets of one destination service go to the same part, so the caller → service
+    // and service → workload edges of a part are its own; parts are merged after.
+    let fold = |part: u64, parts: u64| {
+        let mut b = Builder::new(q.graph_type);
+        for (wi, (id, a)) in window.iter().enumerate() {
+            let wi = wi as u32;
+            let k = key(id);
+            if parts > 1 {
+                let svc = k
+                    .known(Label::DestinationServiceName)
+                    .or(k.known(Label::DestinationService))
+                    .unwrap_or("");
+                if rustc_hash::FxBuildHasher.hash_one(svc) % parts != part {
+                    continue;
+                }
+            }
+            let (hops, n) = b.hops(k, q);
+            let (src, dst) = (hops[0].0, hops[n - 1].1);
+            if !ns_ok(&b.nodes[src]) && !ns_ok(&b.nodes[dst]) {
+                continue;
+            }
+            let reporter = k.get(Label::Reporter);
+            let counted =
+                reporter != "source" || local_reply(k) || !dest_reported.contains(&pair(k));
+            for &(from, to) in &hops[..n] {
+                let caller = b.nodes[from].kind != "service" || q.graph_type == GraphType::Service;
+                let acc = b.acc(from, to);
+                acc.from_caller |= caller;
+                let r = acc.by_reporter.entry(reporter).or_default();
+                r.0.push(wi);
+                r.1 += a.totals.duration_ms_sum;
+                if counted {
+                    acc.add(k, a, wi);
+                }
             }
         }
-    }
+        b
+    };
+    let mut b = if threads && window.len() >= PARALLEL_LABEL_SETS {
+        let (mut first, second) = std::thread::scope(|sc| {
+            let second = sc.spawn(|| fold(1, 2));
+            let first = fold(0, 2);
+            (
+                first,
+                second
+                    .join()
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+            )
+        });
+        first.absorb(second);
+        first
+    } else {
+        fold(0, 1)
+    };
     for id in &idle_keys {
         let k = key(id);
         let (hops, n) = b.hops(k, q);
@@ -773,6 +886,7 @@ pub fn build(st: &RollupState, resolution_secs: i64, q: &GraphQuery) -> Graph {
         n.out_requests_5xx.2 += acc.e4;
     }
     let nodes_ro = &nodes;
+    let window = &window;
     let finish = |acc: &Acc<'_>, union: &mut UnionQuantiles| -> Edge {
         let nodes = nodes_ro;
         let service = acc
@@ -811,12 +925,21 @@ pub fn build(st: &RollupState, resolution_secs: i64, q: &GraphQuery) -> Graph {
                 0.0
             },
             traffic_share: round3(share),
-            latency_ms: Latency::of(union, &acc.sketches, acc.totals.duration_ms_sum),
+            latency_ms: Latency::of(
+                union,
+                sketches_of(window, &acc.keys),
+                acc.totals.duration_ms_sum,
+            ),
             latency_ms_by_reporter: acc
                 .by_reporter
                 .iter()
                 .filter(|(r, _)| **r != "unknown")
-                .map(|(r, (sk, sum))| (r.to_string(), Latency::of(union, sk, *sum)))
+                .map(|(r, (keys, sum))| {
+                    (
+                        r.to_string(),
+                        Latency::of(union, sketches_of(window, keys), *sum),
+                    )
+                })
                 .collect(),
             response_codes: acc.codes.iter().map(|(c, n)| (c.to_string(), *n)).collect(),
             response_flags: acc
@@ -860,7 +983,7 @@ pub fn build(st: &RollupState, resolution_secs: i64, q: &GraphQuery) -> Graph {
             .map(|a| finish(a, &mut union))
             .collect::<Vec<_>>()
     };
-    let edges = if accs.len() >= PARALLEL_EDGES {
+    let edges = if threads && accs.len() >= PARALLEL_EDGES {
         let (a, b) = accs.split_at(accs.len() / 2);
         std::thread::scope(|sc| {
             let second = sc.spawn(|| run(b));

@@ -476,3 +476,74 @@ fn client_server_span_pairs_fill_in_pairs_without_access_logs() {
     let into = edge(&g, "app:default/reviews", "service:default/ratings");
     assert_eq!(into.requests, 1);
 }
+
+#[test]
+fn big_graphs_built_on_two_threads_equal_the_single_thread_build() {
+    // 3,000 services × 5 label sets (> PARALLEL_LABEL_SETS), 9,000 edges with service
+    // nodes (> PARALLEL_EDGES), and one workload reached through ten service names, so its
+    // edge is folded in both halves and merged.
+    let mut rows = Vec::new();
+    for i in 0..3000 {
+        let svc = format!("svc-{i}");
+        let src = format!("client-{}-v1", i % 50);
+        let mut r = |reporter: &str, dst: Option<(&str, &str)>, code, flags, ms| {
+            let mut x = row(reporter, &src, dst, code, flags, ms);
+            x.destination_service = Some(format!("{svc}.default.svc.cluster.local"));
+            x.destination_service_name = Some(svc.clone());
+            rows.push(x);
+        };
+        let (v1, v2) = (format!("{svc}-v1"), format!("{svc}-v2"));
+        r("destination", Some((&v1, "v1")), 200, None, 5 + i % 7);
+        r("destination", Some((&v2, "v2")), 200, None, 9 + i % 11);
+        r("source", Some((&v1, "v1")), 200, None, 6 + i % 7);
+        r("source", None, 503, Some("UO"), 1);
+        r("destination", Some((&v1, "v1")), 500, None, 30 + i % 13);
+    }
+    for a in 0..10 {
+        for _ in 0..=a {
+            let mut x = row(
+                "destination",
+                "client-0-v1",
+                Some(("shared-v1", "v1")),
+                200,
+                None,
+                4 + a,
+            );
+            x.destination_service = Some(format!("alias-{a}.default.svc.cluster.local"));
+            x.destination_service_name = Some(format!("alias-{a}"));
+            rows.push(x);
+        }
+    }
+    let halves: BTreeSet<u64> = (0..10)
+        .map(|a| rustc_hash::FxBuildHasher.hash_one(format!("alias-{a}").as_str()) % 2)
+        .collect();
+    assert_eq!(halves.len(), 2, "the aliases land in both halves");
+    let r = rollups(&rows);
+    let st = r.read();
+    assert!(st.keys.len() > PARALLEL_LABEL_SETS);
+    for inject in [false, true] {
+        let mut q = query(GraphType::Workload);
+        q.inject_service_nodes = inject;
+        let one = build_with(&st, 60, &q, false);
+        let two = build_with(&st, 60, &q, true);
+        if inject {
+            assert!(
+                one.edges.len() > PARALLEL_EDGES,
+                "{} edges",
+                one.edges.len()
+            );
+        } else {
+            let shared = edge(
+                &one,
+                "workload:default/client-0-v1",
+                "workload:default/shared-v1",
+            );
+            assert_eq!(shared.requests, 55);
+        }
+        assert_eq!(
+            serde_json::to_value(&one).unwrap(),
+            serde_json::to_value(&two).unwrap(),
+            "inject_service_nodes={inject}"
+        );
+    }
+}

@@ -157,17 +157,26 @@ const BLOCK: usize = 32;
 impl UnionQuantiles {
     /// The nearest-rank quantiles `qs` (ascending) of the union of `parts`, exactly what
     /// merging them and calling [`LatencySketch::quantile`] would give; `None`s when empty.
-    pub fn quantiles<const N: usize>(
+    pub fn quantiles<'s, const N: usize>(
         &mut self,
-        parts: &[&LatencySketch],
+        parts: impl IntoIterator<Item = &'s LatencySketch> + Clone,
         qs: [f64; N],
     ) -> [Option<f64>; N] {
         let mut out = [None; N];
-        let count: u64 = parts.iter().map(|p| p.count).sum();
+        let (mut count, mut zero) = (0u64, 0u64);
+        let (mut lo, mut hi, mut nbins) = (i32::MAX, i32::MIN, 0usize);
+        for p in parts.clone() {
+            count += p.count;
+            zero += p.zero;
+            if let (Some(f), Some(l)) = (p.bins.first(), p.bins.last()) {
+                lo = lo.min(f.0);
+                hi = hi.max(l.0);
+                nbins += p.bins.len();
+            }
+        }
         if count == 0 {
             return out;
         }
-        let zero: u64 = parts.iter().map(|p| p.zero).sum();
         let ranks = qs.map(|q| nearest_rank(q, count));
         let mut next = 0;
         while next < N && ranks[next] <= zero {
@@ -176,14 +185,6 @@ impl UnionQuantiles {
         }
         if next == N {
             return out;
-        }
-        let (mut lo, mut hi, mut nbins) = (i32::MAX, i32::MIN, 0usize);
-        for p in parts {
-            if let (Some(f), Some(l)) = (p.bins.first(), p.bins.last()) {
-                lo = lo.min(f.0);
-                hi = hi.max(l.0);
-                nbins += p.bins.len();
-            }
         }
         if nbins == 0 {
             return out;
@@ -333,7 +334,7 @@ mod tests {
                 let refs: Vec<&LatencySketch> = parts.iter().collect();
                 let qs = [0.0, 0.5, 0.95, 0.99, 1.0];
                 assert_eq!(
-                    u.quantiles(&refs, qs),
+                    u.quantiles(refs.iter().copied(), qs),
                     qs.map(|q| merged.quantile(q)),
                     "{parts_n} parts, spread {spread}"
                 );
