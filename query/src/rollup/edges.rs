@@ -328,13 +328,13 @@ impl Tiered {
         }
     }
 
-    /// Marks the label sets still referenced.
+    /// Marks the label sets still referenced. Every entry of a finer bucket is also in the
+    /// coarsest bucket around it, which is kept at least as long, so that level suffices
+    /// (an hour's buckets, not sixty minutes' of them, under the write lock).
     pub fn mark_live(&self, live: &mut [bool]) {
-        for (_, level) in &self.levels {
-            for b in level.values() {
-                for id in b.keys() {
-                    live[*id as usize] = true;
-                }
+        for b in self.coarsest() {
+            for id in b.keys() {
+                live[*id as usize] = true;
             }
         }
     }
