@@ -854,64 +854,22 @@ fn bookinfo_trace(mesh: &Mesh, b: &mut TraceBuilder, start: i64) -> (i64, i64) {
     (start, end)
 }
 
-/// Generates exactly `spans` spans in batches of `batch`, traces starting evenly over the
-/// `WINDOW` before `now_ns` in generation order (as a collector would receive them).
-fn generate(spans: usize, batch: usize, now_ns: i64) -> Dataset {
+/// Bookinfo traces until there are exactly `spans` spans (the last trace cut short), their
+/// starts spread evenly over the `WINDOW` before `now_ns` in generation order (as a collector
+/// would receive them). Each trace's spans are appended to `rows`; `each` then sees the trace
+/// and `rows`.
+fn bookinfo_traces(
+    spans: usize,
+    now_ns: i64,
+    rows: &mut Vec<SpanRow>,
+    mut each: impl FnMut(TraceInfo, &mut Vec<SpanRow>),
+) {
     let mut rng = StdRng::seed_from_u64(SEED);
     let mesh = Mesh::new(&mut rng);
     let window = WINDOW.as_nanos() as i64;
-    let first = now_ns - window;
-    let mut traces = Vec::with_capacity(spans / 5);
-    let mut pending: Vec<SpanRow> = Vec::with_capacity(batch + 8);
-    let mut batches = Vec::with_capacity(spans.div_ceil(batch));
-    let mut emitted = 0usize;
-    while emitted < spans {
-        let progress = (emitted + pending.len()) as f64 / spans as f64;
-        let start = first
-            + (progress * (window - 60_000 * MS) as f64) as i64
-            + rng.random_range(0..100 * MS);
-        let trace_id = TraceId(rng.random::<u128>().max(1).to_be_bytes());
-        let request_id = uuid(&mut rng);
-        let mut b = TraceBuilder {
-            rng: &mut rng,
-            trace_id,
-            request_id,
-            spans: std::mem::take(&mut pending),
-        };
-        let before = b.spans.len();
-        let (start_ns, end_ns) = bookinfo_trace(&mesh, &mut b, start);
-        let keep = (b.spans.len() - before).min(spans - emitted - before);
-        b.spans.truncate(before + keep);
-        pending = b.spans;
-        traces.push(TraceInfo {
-            id: trace_id,
-            spans: keep,
-            start_ns,
-            end_ns,
-        });
-        while pending.len() >= batch || (emitted + pending.len() == spans && !pending.is_empty()) {
-            let n = batch.min(pending.len());
-            let rows: Vec<SpanRow> = pending.drain(..n).collect();
-            batches.push(spans_batch(&rows).expect("generated rows match the spans schema"));
-            emitted += n;
-        }
-    }
-    Dataset {
-        batches,
-        traces,
-        spans: emitted,
-    }
-}
-
-/// `spans` bookinfo spans in generation order, traces starting over the `WINDOW` before
-/// `now_ns`: the rows `bench otlp` sends as OTLP.
-pub(crate) fn bookinfo_spans(spans: usize, now_ns: i64) -> Vec<SpanRow> {
-    let mut rng = StdRng::seed_from_u64(SEED);
-    let mesh = Mesh::new(&mut rng);
-    let window = WINDOW.as_nanos() as i64;
-    let mut out: Vec<SpanRow> = Vec::with_capacity(spans + 8);
-    while out.len() < spans {
-        let progress = out.len() as f64 / spans as f64;
+    let mut made = 0usize;
+    while made < spans {
+        let progress = made as f64 / spans as f64;
         let start = now_ns - window
             + (progress * (window - 60_000 * MS) as f64) as i64
             + rng.random_range(0..100 * MS);
@@ -921,12 +879,53 @@ pub(crate) fn bookinfo_spans(spans: usize, now_ns: i64) -> Vec<SpanRow> {
             rng: &mut rng,
             trace_id,
             request_id,
-            spans: out,
+            spans: std::mem::take(rows),
         };
-        bookinfo_trace(&mesh, &mut b, start);
-        out = b.spans;
+        let before = b.spans.len();
+        let (start_ns, end_ns) = bookinfo_trace(&mesh, &mut b, start);
+        let keep = (b.spans.len() - before).min(spans - made);
+        b.spans.truncate(before + keep);
+        *rows = b.spans;
+        made += keep;
+        let trace = TraceInfo {
+            id: trace_id,
+            spans: keep,
+            start_ns,
+            end_ns,
+        };
+        each(trace, rows);
     }
-    out.truncate(spans);
+}
+
+/// Generates exactly `spans` spans in batches of `batch` (see [`bookinfo_traces`]).
+fn generate(spans: usize, batch: usize, now_ns: i64) -> Dataset {
+    let mut traces = Vec::with_capacity(spans / 5);
+    let mut batches = Vec::with_capacity(spans.div_ceil(batch));
+    let mut to_batch = |rows: Vec<SpanRow>| {
+        batches.push(spans_batch(&rows).expect("generated rows match the spans schema"));
+    };
+    let mut pending: Vec<SpanRow> = Vec::with_capacity(batch + 8);
+    bookinfo_traces(spans, now_ns, &mut pending, |trace, pending| {
+        traces.push(trace);
+        while pending.len() >= batch {
+            to_batch(pending.drain(..batch).collect());
+        }
+    });
+    if !pending.is_empty() {
+        to_batch(pending);
+    }
+    Dataset {
+        batches,
+        traces,
+        spans,
+    }
+}
+
+/// `spans` bookinfo spans in generation order, traces starting over the `WINDOW` before
+/// `now_ns`: the rows `bench otlp` sends as OTLP.
+pub(crate) fn bookinfo_spans(spans: usize, now_ns: i64) -> Vec<SpanRow> {
+    let mut out = Vec::with_capacity(spans + 8);
+    bookinfo_traces(spans, now_ns, &mut out, |_, _| {});
     out
 }
 
