@@ -194,7 +194,8 @@ fn maps<'a, I: Iterator<Item = &'a Attrs>>(it: I) -> Result<ArrayRef, ArrowError
     Ok(Arc::new(b.finish()))
 }
 
-fn list_of(
+/// A list column of structs from its children and each row's length.
+pub fn list_of(
     fields: arrow_schema::Fields,
     columns: Vec<ArrayRef>,
     lens: &[usize],

@@ -19,10 +19,9 @@ use arrow::array::builder::{
     FixedSizeBinaryBuilder, Int32Builder, Int64Builder, MapBuilder, StringBuilder,
     TimestampNanosecondBuilder,
 };
-use arrow::array::{ArrayRef, ListArray, RecordBatch, StructArray};
-use arrow::buffer::OffsetBuffer;
-use arrow::datatypes::{DataType, Field, Fields};
+use arrow::array::{ArrayRef, RecordBatch};
 use arrow::error::ArrowError;
+use meshscope_schemas::rows::list_of;
 use meshscope_schemas::table::{span_event_fields, span_link_fields};
 use meshscope_schemas::{SpanId, Table, TraceId};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
@@ -889,19 +888,6 @@ impl SpansBuilder {
         ]);
         RecordBatch::try_new(Table::Spans.schema(), cols)
     }
-}
-
-/// A list column of structs from its children and each row's length (as `rows::list_of`).
-fn list_of(fields: Fields, columns: Vec<ArrayRef>, lens: &[usize]) -> Result<ArrayRef, ArrowError> {
-    let values = StructArray::try_new(fields.clone(), columns, None)?;
-    let offsets = OffsetBuffer::<i32>::from_lengths(lens.iter().copied());
-    let field = Arc::new(Field::new("item", DataType::Struct(fields), true));
-    Ok(Arc::new(ListArray::try_new(
-        field,
-        offsets,
-        Arc::new(values),
-        None,
-    )?))
 }
 
 #[cfg(test)]
