@@ -57,6 +57,15 @@ pub struct Breaker {
     pub max_requests: u32,
 }
 
+impl Breaker {
+    /// The Istio circuit-breaking task's settings: every limit at 1.
+    pub const ISTIO_TASK: Breaker = Breaker {
+        max_connections: 1,
+        max_pending_requests: 1,
+        max_requests: 1,
+    };
+}
+
 /// An outbound route: the client sidecar listens on `listen_port` and sends to `service`'s
 /// sidecar at `upstream`.
 #[derive(Debug, Clone, Default)]

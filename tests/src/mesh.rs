@@ -54,11 +54,7 @@ pub fn start_mesh(dir: &std::path::Path, otlp_grpc: Option<String>, base: u8) ->
             service: "httpbin.default.svc.cluster.local".into(),
             port: 8000,
             upstream: format!("{server_ip}:15006"),
-            breaker: Some(Breaker {
-                max_connections: 1,
-                max_pending_requests: 1,
-                max_requests: 1,
-            }),
+            breaker: Some(Breaker::ISTIO_TASK),
             ..Default::default()
         }],
         inbound: vec![],

@@ -161,11 +161,7 @@ fn service_graph_of_a_real_mesh_shows_the_canary_the_fault_and_the_breaker() {
                 service: svc("details"),
                 port: 9080,
                 upstream: format!("{}:15006", ip(5)),
-                breaker: Some(Breaker {
-                    max_connections: 1,
-                    max_pending_requests: 1,
-                    max_requests: 1,
-                }),
+                breaker: Some(Breaker::ISTIO_TASK),
                 ..Default::default()
             },
         ],
@@ -547,11 +543,7 @@ fn prometheus_api_answers_istio_dashboards_from_a_real_mesh() {
                 service: "details.default.svc.cluster.local".into(),
                 port: 9080,
                 upstream: "127.0.16.3:15006".into(),
-                breaker: Some(Breaker {
-                    max_connections: 1,
-                    max_pending_requests: 1,
-                    max_requests: 1,
-                }),
+                breaker: Some(Breaker::ISTIO_TASK),
                 ..Default::default()
             },
         ],
