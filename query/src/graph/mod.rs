@@ -449,18 +449,7 @@ impl<'a> Builder<'a> {
 
     /// Takes in the nodes and edges another builder made from other label sets.
     fn absorb(&mut self, other: Builder<'a>) {
-        let map: Vec<usize> = other
-            .nodes
-            .into_iter()
-            .map(|n| {
-                let next = self.nodes.len();
-                let i = *self.node_by_id.entry(n.id.clone()).or_insert(next);
-                if i == next {
-                    self.nodes.push(n);
-                }
-                i
-            })
-            .collect();
+        let map: Vec<usize> = other.nodes.into_iter().map(|n| self.add_node(n)).collect();
         for mut acc in other.accs {
             acc.source = map[acc.source];
             acc.target = map[acc.target];
@@ -514,12 +503,35 @@ impl<'a> Builder<'a> {
         };
         // Signatures differ between a workload calling and being called: the id is what
         // identifies a node.
+        let i = self.add_node(n);
+        self.node_of.insert((side, sig), i);
+        i
+    }
+
+    /// Adds a node, or reconciles it with the node of the same id made from other label sets.
+    /// A workload behind several services is reached through label sets naming each of them;
+    /// it shows the least name, whatever order the label sets came in.
+    fn add_node(&mut self, n: Node) -> usize {
         let next = self.nodes.len();
         let i = *self.node_by_id.entry(n.id.clone()).or_insert(next);
         if i == next {
             self.nodes.push(n);
+        } else {
+            let have = &mut self.nodes[i];
+            for (have, new) in [
+                (&mut have.namespace, n.namespace),
+                (&mut have.workload, n.workload),
+                (&mut have.app, n.app),
+                (&mut have.version, n.version),
+                (&mut have.service, n.service),
+            ] {
+                if let Some(new) = new {
+                    if have.as_ref().is_none_or(|h| new < *h) {
+                        *have = Some(new);
+                    }
+                }
+            }
         }
-        self.node_of.insert((side, sig), i);
         i
     }
 

@@ -539,6 +539,13 @@ fn big_graphs_built_on_two_threads_equal_the_single_thread_build() {
                 "workload:default/shared-v1",
             );
             assert_eq!(shared.requests, 55);
+            let node = one
+                .nodes
+                .iter()
+                .find(|n| n.id == "workload:default/shared-v1")
+                .unwrap();
+            // Reached through ten services, it shows the least name, not whichever came first.
+            assert_eq!(node.service.as_deref(), Some("alias-0"));
         }
         assert_eq!(
             serde_json::to_value(&one).unwrap(),
