@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use meshscope_schemas::Table;
 use meshscope_schemas::rows::{RequestRow, requests_batch};
 
-use crate::graph::{GraphQuery, GraphType, HealthConfig, build};
+use crate::graph::{GraphQuery, GraphType, HealthConfig, Phases, build_timed};
 use crate::rollup::{RollupConfig, Rollups};
 
 fn rss_mib(field: &str) -> u64 {
@@ -125,13 +125,16 @@ fn run_one(edges: usize, rps: usize, minutes: usize, iterations: usize) -> anyho
         health: HealthConfig::default(),
     };
     let mut times = Vec::with_capacity(iterations);
+    let mut phases = Vec::with_capacity(iterations);
     let mut shown = (0, 0);
     for _ in 0..iterations.max(1) {
         let t = Instant::now();
         let st = rollups.read();
-        let g = build(&st, 60, &q);
+        let (g, p) = build_timed(&st, 60, &q);
+        let before_json = t.elapsed();
         let body = serde_json::to_vec(&g)?;
         times.push(t.elapsed());
+        phases.push((p, times[times.len() - 1] - before_json));
         shown = (g.edges.len(), body.len());
     }
     times.sort();
@@ -147,6 +150,19 @@ fn run_one(edges: usize, rps: usize, minutes: usize, iterations: usize) -> anyho
         shown.1 >> 10,
         pct(0.5, &times).as_secs_f64() * 1e3,
         pct(0.99, &times).as_secs_f64() * 1e3,
+    );
+    let median = |f: &dyn Fn(&(Phases, Duration)) -> Duration| {
+        let mut v: Vec<Duration> = phases.iter().map(f).collect();
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1e3
+    };
+    println!(
+        "{edges:>6} edges: graph phases (medians): window {:.1} ms, fold {:.1} ms, edges {:.1} ms, rest {:.1} ms, JSON {:.1} ms",
+        median(&|p| p.0.window),
+        median(&|p| p.0.fold),
+        median(&|p| p.0.edges),
+        median(&|p| p.0.rest),
+        median(&|p| p.1),
     );
     // Istio's service dashboard: request rate and p95 of one service, 1 h at a 15 s step
     let service = "svc-1.bench.svc.cluster.local";

@@ -11,6 +11,7 @@ pub mod render;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::BuildHasher;
+use std::time::Duration;
 
 use meshscope_schemas::envoy::{IstioCluster, LOCAL_REPLY_FLAGS, response_flag_meaning};
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -186,16 +187,10 @@ pub struct Latency {
 }
 
 impl Latency {
-    /// From the sketches of an edge's label sets and buckets, and their duration sum.
-    fn of<'s>(
-        union: &mut UnionQuantiles,
-        sketches: impl IntoIterator<Item = &'s LatencySketch> + Clone,
-        sum: f64,
-    ) -> Latency {
-        let n: u64 = sketches.clone().into_iter().map(|s| s.count()).sum();
-        let [p50, p95, p99] = union
-            .quantiles(sketches, [0.5, 0.95, 0.99])
-            .map(|v| v.map(round3));
+    /// From the p50, p95 and p99 of the union of an edge's sketches, their count, and the
+    /// duration sum.
+    fn of(([p50, p95, p99], n): ([Option<f64>; 3], u64), sum: f64) -> Latency {
+        let [p50, p95, p99] = [p50, p95, p99].map(|v| v.map(round3));
         Latency {
             avg: (n > 0).then(|| round3(sum / n as f64)),
             p50,
@@ -301,12 +296,14 @@ pub struct Graph {
 struct Acc<'a> {
     source: usize,
     target: usize,
-    /// Counted requests: totals, and the label sets (indices in the window) whose duration
-    /// sketches hold them.
+    /// Counted requests.
     totals: Totals,
-    keys: Vec<u32>,
-    /// Every request by reporter (counted or not): label sets and duration sum.
-    by_reporter: BTreeMap<&'a str, (Vec<u32>, f64)>,
+    /// The edge's label sets (indices in the window) and the latencies their duration
+    /// sketches feed: `COUNTED` (the edge's own) and `REPORTED_BY` each Istio reporter.
+    parts: Vec<(u32, u8)>,
+    /// Duration sums of every request (counted or not) each reporter in `REPORTERS` saw;
+    /// `None` when it saw none.
+    reporter_sums: [Option<f64>; 2],
     codes: BTreeMap<u16, u64>,
     code_flags: BTreeMap<(u16, &'a str), u64>,
     flags: BTreeMap<&'a str, u64>,
@@ -371,11 +368,11 @@ impl<'a> Acc<'a> {
             }
         }
         self.totals.add(&o.totals);
-        self.keys.extend(o.keys);
-        for (r, (keys, sum)) in o.by_reporter {
-            let e = self.by_reporter.entry(r).or_default();
-            e.0.extend(keys);
-            e.1 += sum;
+        self.parts.extend(o.parts);
+        for (mine, theirs) in self.reporter_sums.iter_mut().zip(o.reporter_sums) {
+            if let Some(t) = theirs {
+                *mine.get_or_insert(0.0) += t;
+            }
         }
         add(&mut self.codes, o.codes);
         add(&mut self.code_flags, o.code_flags);
@@ -388,10 +385,9 @@ impl<'a> Acc<'a> {
         self.e4 += o.e4;
     }
 
-    fn add(&mut self, k: &'a EdgeKey, w: &KeyWindow<'a>, wi: u32) {
+    fn add(&mut self, k: &'a EdgeKey, w: &KeyWindow<'a>) {
         let a = &w.totals;
         self.totals.add(a);
-        self.keys.push(wi);
         let code = k.response_code();
         *self.codes.entry(code).or_default() += a.requests;
         *self
@@ -700,14 +696,26 @@ fn node_for(k: &EdgeKey, source: bool, gt: GraphType) -> Node {
     n
 }
 
-/// The duration sketches of the label sets at `keys` in the window.
+/// The duration sketches of an edge's label sets in the window, each with the latencies it
+/// feeds.
 fn sketches_of<'w, 'a: 'w>(
     window: &'w [(KeyId, KeyWindow<'a>)],
-    keys: &'w [u32],
-) -> impl Iterator<Item = &'a LatencySketch> + Clone + 'w {
-    keys.iter()
-        .flat_map(move |i| window[*i as usize].1.sketches.iter().copied())
+    parts: &'w [(u32, u8)],
+) -> impl Iterator<Item = (&'a LatencySketch, u8)> + Clone + 'w {
+    parts.iter().flat_map(move |&(i, feeds)| {
+        window[i as usize]
+            .1
+            .sketches
+            .iter()
+            .map(move |s| (*s, feeds))
+    })
 }
+
+/// The reporters whose measured latency an edge shows next to its own, in `Acc::parts` bits
+/// from `REPORTED_BY` up.
+const REPORTERS: [&str; 2] = ["destination", "source"];
+const COUNTED: u8 = 1;
+const REPORTED_BY: u8 = 2;
 
 /// Label sets in a window from which folding them into edges is split over two threads.
 const PARALLEL_LABEL_SETS: usize = 8192;
@@ -717,11 +725,43 @@ const PARALLEL_EDGES: usize = 4096;
 
 /// Builds the graph for `q` from the rollups.
 pub fn build(st: &RollupState, resolution_secs: i64, q: &GraphQuery) -> Graph {
-    build_with(st, resolution_secs, q, true)
+    build_with(st, resolution_secs, q, true, &mut Phases::default())
+}
+
+/// Where a build's time went, for `meshscope bench graph`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Phases {
+    /// Label sets merged over the window's buckets, and Kiali's reporter rules prepared.
+    pub window: Duration,
+    /// Label sets folded into nodes and edges.
+    pub fold: Duration,
+    /// Per-edge percentiles, breaker state and fields.
+    pub edges: Duration,
+    /// Node health, ranks and the rest.
+    pub rest: Duration,
+}
+
+/// [`build`], also saying where the time went.
+pub fn build_timed(st: &RollupState, resolution_secs: i64, q: &GraphQuery) -> (Graph, Phases) {
+    let mut p = Phases::default();
+    let g = build_with(st, resolution_secs, q, true, &mut p);
+    (g, p)
 }
 
 /// [`build`], with the two-thread paths for big graphs allowed or not (tests compare both).
-fn build_with(st: &RollupState, resolution_secs: i64, q: &GraphQuery, threads: bool) -> Graph {
+fn build_with(
+    st: &RollupState,
+    resolution_secs: i64,
+    q: &GraphQuery,
+    threads: bool,
+    phases: &mut Phases,
+) -> Graph {
+    let mut clock = std::time::Instant::now();
+    let mut lap = |d: &mut Duration| {
+        let now = std::time::Instant::now();
+        *d = now - clock;
+        clock = now;
+    };
     let res = resolution_secs.max(1);
     let from_s = q.from_ns.div_euclid(1_000_000_000);
     let to_s = (q.to_ns + 999_999_999).div_euclid(1_000_000_000);
@@ -792,6 +832,7 @@ fn build_with(st: &RollupState, resolution_secs: i64, q: &GraphQuery, threads: b
                 .as_ref()
                 .is_some_and(|ns| q.namespaces.iter().any(|x| x == ns))
     };
+    lap(&mut phases.window);
     // 3. fold label sets into edges
     // Indexed from here on: edges refer to label sets by their place in `window`.
     let window: Vec<(KeyId, KeyWindow<'_>)> = window.into_iter().collect();
@@ -823,11 +864,17 @@ fn build_with(st: &RollupState, resolution_secs: i64, q: &GraphQuery, threads: b
                 let caller = b.nodes[from].kind != "service" || q.graph_type == GraphType::Service;
                 let acc = b.acc(from, to);
                 acc.from_caller |= caller;
-                let r = acc.by_reporter.entry(reporter).or_default();
-                r.0.push(wi);
-                r.1 += a.totals.duration_ms_sum;
+                let mut feeds = 0;
+                if let Some(i) = REPORTERS.iter().position(|r| *r == reporter) {
+                    feeds |= REPORTED_BY << i;
+                    *acc.reporter_sums[i].get_or_insert(0.0) += a.totals.duration_ms_sum;
+                }
                 if counted {
-                    acc.add(k, a, wi);
+                    feeds |= COUNTED;
+                    acc.add(k, a);
+                }
+                if feeds != 0 {
+                    acc.parts.push((wi, feeds));
                 }
             }
         }
@@ -871,6 +918,7 @@ fn build_with(st: &RollupState, resolution_secs: i64, q: &GraphQuery, threads: b
         mut accs,
         ..
     } = b;
+    lap(&mut phases.fold);
     // 4. shares: per (source node, destination service)
     let mut per_service: FastMap<(usize, &str), u64> = FastMap::default();
     for acc in &accs {
@@ -918,6 +966,8 @@ fn build_with(st: &RollupState, resolution_secs: i64, q: &GraphQuery, threads: b
         cb.tripped = cb.uo_responses > 0 || cb.overflow > 0.0 || cb.cx_overflow > 0.0 || cb.open;
         let health = q.health.health(requests, acc.e5, acc.e4);
         let (s, t) = (nodes[acc.source].id.clone(), nodes[acc.target].id.clone());
+        let [own, by_dest, by_source] =
+            union.quantiles_rows::<3, 3>(sketches_of(window, &acc.parts), [0.5, 0.95, 0.99]);
         Edge {
             id: format!("{s}->{t}"),
             protocol: acc
@@ -937,21 +987,12 @@ fn build_with(st: &RollupState, resolution_secs: i64, q: &GraphQuery, threads: b
                 0.0
             },
             traffic_share: round3(share),
-            latency_ms: Latency::of(
-                union,
-                sketches_of(window, &acc.keys),
-                acc.totals.duration_ms_sum,
-            ),
-            latency_ms_by_reporter: acc
-                .by_reporter
+            latency_ms: Latency::of(own, acc.totals.duration_ms_sum),
+            latency_ms_by_reporter: REPORTERS
                 .iter()
-                .filter(|(r, _)| **r != "unknown")
-                .map(|(r, (keys, sum))| {
-                    (
-                        r.to_string(),
-                        Latency::of(union, sketches_of(window, keys), *sum),
-                    )
-                })
+                .zip([by_dest, by_source])
+                .zip(acc.reporter_sums)
+                .filter_map(|((r, q), sum)| Some((r.to_string(), Latency::of(q, sum?))))
                 .collect(),
             response_codes: acc.codes.iter().map(|(c, n)| (c.to_string(), *n)).collect(),
             response_flags: acc
@@ -1011,6 +1052,7 @@ fn build_with(st: &RollupState, resolution_secs: i64, q: &GraphQuery, threads: b
         run(&accs)
     };
     drop(accs);
+    lap(&mut phases.edges);
     // 5. node health: from inbound traffic, else outbound
     for n in nodes.iter_mut() {
         n.health = if n.requests_in > 0 {
@@ -1030,6 +1072,7 @@ fn build_with(st: &RollupState, resolution_secs: i64, q: &GraphQuery, threads: b
         .collect();
     nodes.sort_unstable_by(|a, b| a.id.cmp(&b.id));
     assign_ranks(&mut nodes, &edges);
+    lap(&mut phases.rest);
     Graph {
         graph_type: q.graph_type,
         from: q.from_ns as f64 / 1e9,

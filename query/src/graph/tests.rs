@@ -524,8 +524,8 @@ fn big_graphs_built_on_two_threads_equal_the_single_thread_build() {
     for inject in [false, true] {
         let mut q = query(GraphType::Workload);
         q.inject_service_nodes = inject;
-        let one = build_with(&st, 60, &q, false);
-        let two = build_with(&st, 60, &q, true);
+        let one = build_with(&st, 60, &q, false, &mut Phases::default());
+        let two = build_with(&st, 60, &q, true, &mut Phases::default());
         if inject {
             assert!(
                 one.edges.len() > PARALLEL_EDGES,

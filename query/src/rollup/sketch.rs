@@ -144,113 +144,210 @@ impl LatencySketch {
 /// Quantiles of the union of several sketches without building the union: the graph has
 /// each edge's sketches from every label set and bucket, and merging sorted bin lists pair by
 /// pair costs far more than counting them once into a scratch row reused across edges.
+///
+/// Several unions over overlapping parts (an edge's own latency and the latency each reporter
+/// measured) are counted in one pass, each into its own row: the parts' bins are scattered over
+/// the rollups' memory, so reading them once is what matters.
 #[derive(Default)]
 pub struct UnionQuantiles {
     dense: Vec<u64>,
     /// Sums of `dense` per block of `BLOCK` bins, so finding a rank skips empty stretches.
     blocks: Vec<u64>,
-    pairs: Vec<(i32, u64)>,
+    pairs: Vec<(i32, u64, u8)>,
 }
 
 const BLOCK: usize = 32;
 
+/// The walk up one row's bins in key order, filling the quantiles whose rank is reached.
+struct RankWalk<const N: usize> {
+    ranks: [u64; N],
+    seen: u64,
+    next: usize,
+    out: [Option<f64>; N],
+}
+
+impl<const N: usize> RankWalk<N> {
+    /// Quantiles `qs` of `count` values, `zero` of them in the zero bucket.
+    fn new(qs: [f64; N], count: u64, zero: u64) -> RankWalk<N> {
+        let mut w = RankWalk {
+            ranks: qs.map(|q| nearest_rank(q, count)),
+            seen: zero,
+            next: 0,
+            out: [None; N],
+        };
+        if count == 0 {
+            w.next = N;
+        }
+        while w.next < N && w.ranks[w.next] <= zero {
+            w.out[w.next] = Some(0.0);
+            w.next += 1;
+        }
+        w
+    }
+
+    fn done(&self) -> bool {
+        self.next == N
+    }
+
+    fn visit(&mut self, k: i32, c: u64) {
+        self.seen += c;
+        while self.next < N && self.ranks[self.next] <= self.seen {
+            self.out[self.next] = Some(LatencySketch::value(k));
+            self.next += 1;
+        }
+    }
+
+    /// Counts are exact, so every rank is reached; this covers a bin list that lost a count.
+    fn finish(mut self, hi: i32) -> [Option<f64>; N] {
+        let last = LatencySketch::value(hi);
+        for o in self.out.iter_mut().skip(self.next) {
+            *o = Some(last);
+        }
+        self.out
+    }
+}
+
 impl UnionQuantiles {
     /// The nearest-rank quantiles `qs` (ascending) of the union of `parts`, exactly what
-    /// merging them and calling [`LatencySketch::quantile`] would give; `None`s when empty.
+    /// merging them and calling [`LatencySketch::quantile`] would give (`None`s when empty),
+    /// and the union's count.
     pub fn quantiles<'s, const N: usize>(
         &mut self,
-        parts: impl IntoIterator<Item = &'s LatencySketch> + Clone,
+        parts: impl Iterator<Item = &'s LatencySketch> + Clone,
         qs: [f64; N],
-    ) -> [Option<f64>; N] {
-        let mut out = [None; N];
-        let (mut count, mut zero) = (0u64, 0u64);
+    ) -> ([Option<f64>; N], u64) {
+        let [one] = self.quantiles_rows::<1, N>(parts.map(|p| (p, 1)), qs);
+        one
+    }
+
+    /// [`UnionQuantiles::quantiles`] of `R` unions at once: a part `(sketch, rows)` belongs to
+    /// union `r` when bit `r` of `rows` is set.
+    pub fn quantiles_rows<'s, const R: usize, const N: usize>(
+        &mut self,
+        parts: impl IntoIterator<Item = (&'s LatencySketch, u8)> + Clone,
+        qs: [f64; N],
+    ) -> [([Option<f64>; N], u64); R] {
+        let rows_mask = ((1u16 << R) - 1) as u8;
+        let (mut count, mut zero) = ([0u64; R], [0u64; R]);
         let (mut lo, mut hi, mut nbins) = (i32::MAX, i32::MIN, 0usize);
-        for p in parts.clone() {
-            count += p.count;
-            zero += p.zero;
+        for (p, mask) in parts.clone() {
+            let mask = mask & rows_mask;
+            if mask == 0 {
+                continue;
+            }
+            for r in 0..R {
+                if mask & (1 << r) != 0 {
+                    count[r] += p.count;
+                    zero[r] += p.zero;
+                }
+            }
             if let (Some(f), Some(l)) = (p.bins.first(), p.bins.last()) {
                 lo = lo.min(f.0);
                 hi = hi.max(l.0);
                 nbins += p.bins.len();
             }
         }
-        if count == 0 {
-            return out;
-        }
-        let ranks = qs.map(|q| nearest_rank(q, count));
-        let mut next = 0;
-        while next < N && ranks[next] <= zero {
-            out[next] = Some(0.0);
-            next += 1;
-        }
-        if next == N {
-            return out;
-        }
-        if nbins == 0 {
-            return out;
-        }
-        fn visit<const N: usize>(
-            seen: &mut u64,
-            k: i32,
-            c: u64,
-            ranks: &[u64; N],
-            next: &mut usize,
-            out: &mut [Option<f64>; N],
-        ) {
-            *seen += c;
-            while *next < N && ranks[*next] <= *seen {
-                out[*next] = Some(LatencySketch::value(k));
-                *next += 1;
+        let mut walks: [RankWalk<N>; R] =
+            std::array::from_fn(|r| RankWalk::new(qs, count[r], zero[r]));
+        if nbins > 0 && walks.iter().any(|w| !w.done()) {
+            let range = (hi as i64 - lo as i64 + 1) as usize;
+            if nbins * 8 < range {
+                self.sorted_walks(parts, rows_mask, &mut walks);
+            } else {
+                self.dense_walks(parts, rows_mask, lo, range, &mut walks);
             }
         }
-        let mut seen = zero;
-        let range = (hi as i64 - lo as i64 + 1) as usize;
-        if nbins * 8 < range {
-            self.pairs.clear();
-            for p in parts {
-                self.pairs.extend_from_slice(&p.bins);
+        let mut r = 0;
+        walks.map(|w| {
+            let c = count[r];
+            r += 1;
+            (if nbins > 0 { w.finish(hi) } else { w.out }, c)
+        })
+    }
+
+    /// Few bins over a wide range: all of them sorted by key.
+    fn sorted_walks<'s, const R: usize, const N: usize>(
+        &mut self,
+        parts: impl IntoIterator<Item = (&'s LatencySketch, u8)>,
+        rows_mask: u8,
+        walks: &mut [RankWalk<N>; R],
+    ) {
+        self.pairs.clear();
+        for (p, mask) in parts {
+            let mask = mask & rows_mask;
+            if mask != 0 {
+                self.pairs.extend(p.bins.iter().map(|&(k, c)| (k, c, mask)));
             }
-            self.pairs.sort_unstable_by_key(|b| b.0);
-            for &(k, c) in &self.pairs {
-                visit(&mut seen, k, c, &ranks, &mut next, &mut out);
-                if next == N {
+        }
+        self.pairs.sort_unstable_by_key(|b| b.0);
+        for (r, walk) in walks.iter_mut().enumerate() {
+            for &(k, c, mask) in &self.pairs {
+                if walk.done() {
                     break;
                 }
+                if mask & (1 << r) != 0 {
+                    walk.visit(k, c);
+                }
             }
-        } else {
-            self.dense.clear();
-            self.dense.resize(range, 0);
-            self.blocks.clear();
-            self.blocks.resize(range.div_ceil(BLOCK), 0);
-            for p in parts {
+        }
+    }
+
+    /// Bins counted into one row per union spanning the parts' keys, with block sums.
+    fn dense_walks<'s, const R: usize, const N: usize>(
+        &mut self,
+        parts: impl IntoIterator<Item = (&'s LatencySketch, u8)>,
+        rows_mask: u8,
+        lo: i32,
+        range: usize,
+        walks: &mut [RankWalk<N>; R],
+    ) {
+        let nblocks = range.div_ceil(BLOCK);
+        self.dense.clear();
+        self.dense.resize(range * R, 0);
+        self.blocks.clear();
+        self.blocks.resize(nblocks * R, 0);
+        for (p, mask) in parts {
+            let mut m = mask & rows_mask;
+            while m != 0 {
+                let r = m.trailing_zeros() as usize;
+                m &= m - 1;
+                let (dense, blocks) = (
+                    &mut self.dense[r * range..(r + 1) * range],
+                    &mut self.blocks[r * nblocks..(r + 1) * nblocks],
+                );
                 for &(k, c) in &p.bins {
                     let i = (k - lo) as usize;
-                    self.dense[i] += c;
-                    self.blocks[i / BLOCK] += c;
+                    dense[i] += c;
+                    blocks[i / BLOCK] += c;
                 }
             }
-            'blocks: for (b, &sum) in self.blocks.iter().enumerate() {
-                if seen + sum < ranks[next] {
-                    seen += sum;
+        }
+        for (r, walk) in walks.iter_mut().enumerate() {
+            let dense = &self.dense[r * range..(r + 1) * range];
+            let blocks = &self.blocks[r * nblocks..(r + 1) * nblocks];
+            'blocks: for (b, &sum) in blocks.iter().enumerate() {
+                if walk.done() {
+                    break;
+                }
+                if walk.seen + sum < walk.ranks[walk.next] {
+                    walk.seen += sum;
                     continue;
                 }
-                for i in b * BLOCK..((b + 1) * BLOCK).min(range) {
-                    let c = self.dense[i];
+                for (i, &c) in dense
+                    .iter()
+                    .enumerate()
+                    .take((b + 1) * BLOCK)
+                    .skip(b * BLOCK)
+                {
                     if c > 0 {
-                        visit(&mut seen, lo + i as i32, c, &ranks, &mut next, &mut out);
-                        if next == N {
+                        walk.visit(lo + i as i32, c);
+                        if walk.done() {
                             break 'blocks;
                         }
                     }
                 }
             }
         }
-        // Counts are exact, so every rank is reached; this covers a bin list that lost a count.
-        let last = LatencySketch::value(hi);
-        for o in out.iter_mut().skip(next) {
-            *o = Some(last);
-        }
-        out
     }
 }
 
@@ -307,6 +404,47 @@ mod tests {
     }
 
     #[test]
+    fn unions_counted_together_equal_each_merged_sketch() {
+        let mut rng = 7u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut u = UnionQuantiles::default();
+        for parts_n in [1usize, 3, 12, 60] {
+            for spread in [2u64, 40, 5_000, 10_000_000] {
+                let parts: Vec<(LatencySketch, u8)> = (0..parts_n)
+                    .map(|_| {
+                        let mut s = LatencySketch::new();
+                        for _ in 0..(next() % 25) {
+                            s.add((next() % spread) as f64);
+                        }
+                        // Bit 3 is beyond the three rows asked for: ignored.
+                        (s, (next() % 16) as u8)
+                    })
+                    .collect();
+                let qs = [0.0, 0.5, 0.95, 0.99, 1.0];
+                let rows = u.quantiles_rows::<3, 5>(parts.iter().map(|(s, m)| (s, *m)), qs);
+                for (r, row) in rows.iter().enumerate() {
+                    let mut merged = LatencySketch::new();
+                    for (p, m) in &parts {
+                        if m & (1 << r) != 0 {
+                            merged.merge(p);
+                        }
+                    }
+                    assert_eq!(
+                        *row,
+                        (qs.map(|q| merged.quantile(q)), merged.count()),
+                        "row {r}, {parts_n} parts, spread {spread}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn union_quantiles_equal_the_merged_sketch() {
         let mut rng = 99u64;
         let mut next = || {
@@ -335,7 +473,7 @@ mod tests {
                 let qs = [0.0, 0.5, 0.95, 0.99, 1.0];
                 assert_eq!(
                     u.quantiles(refs.iter().copied(), qs),
-                    qs.map(|q| merged.quantile(q)),
+                    (qs.map(|q| merged.quantile(q)), merged.count()),
                     "{parts_n} parts, spread {spread}"
                 );
             }
