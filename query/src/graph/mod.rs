@@ -696,6 +696,33 @@ fn node_for(k: &EdgeKey, source: bool, gt: GraphType) -> Node {
     n
 }
 
+/// The label sets with traffic in the `cover` buckets whose id is `part` modulo `parts`,
+/// merged over the buckets, in the order first seen. Label set ids are dense, so a slot table
+/// finds each one's entry without hashing.
+fn window_part<'a>(
+    key_count: usize,
+    cover: &[&'a crate::rollup::edges::Bucket],
+    part: u32,
+    parts: u32,
+) -> Vec<(KeyId, KeyWindow<'a>)> {
+    let mut slot = vec![u32::MAX; key_count.div_ceil(parts as usize)];
+    let mut out: Vec<(KeyId, KeyWindow<'a>)> = Vec::new();
+    for bucket in cover {
+        for (id, a) in bucket.iter() {
+            if id % parts != part {
+                continue;
+            }
+            let s = &mut slot[(id / parts) as usize];
+            if *s == u32::MAX {
+                *s = out.len() as u32;
+                out.push((*id, KeyWindow::default()));
+            }
+            out[*s as usize].1.add(a);
+        }
+    }
+    out
+}
+
 /// The duration sketches of an edge's label sets in the window, each with the latencies it
 /// feeds.
 fn sketches_of<'w, 'a: 'w>(
@@ -769,17 +796,29 @@ fn build_with(
     let b_to = to_s + (res - to_s.rem_euclid(res)) % res;
     // 1. the window's label sets, merged over buckets (pre-merged ones where they fit)
     let key = |id: &KeyId| st.keys.get(*id);
-    let mut window: FastMap<KeyId, KeyWindow<'_>> = FastMap::default();
-    for bucket in st.edges.cover(b_from, b_to) {
-        for (id, a) in bucket {
-            window.entry(*id).or_default().add(a);
-        }
-    }
+    let cover = st.edges.cover(b_from, b_to);
+    let entries: usize = cover.iter().map(|b| b.len()).sum();
+    let mut window = if threads && entries >= PARALLEL_LABEL_SETS {
+        let (mut first, second) = std::thread::scope(|sc| {
+            let second = sc.spawn(|| window_part(st.keys.len(), &cover, 1, 2));
+            let first = window_part(st.keys.len(), &cover, 0, 2);
+            (
+                first,
+                second
+                    .join()
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+            )
+        });
+        first.extend(second);
+        first
+    } else {
+        window_part(st.keys.len(), &cover, 0, 1)
+    };
     // Span-derived calls fill in pairs (caller service, destination service) that no access
     // log covers in this window.
     let logged: FastSet<(&str, &str)> = window
-        .keys()
-        .map(key)
+        .iter()
+        .map(|(id, _)| key(id))
         .map(|k| {
             (
                 k.get(Label::SourceCanonicalService),
@@ -803,9 +842,10 @@ fn build_with(
     window.extend(from_spans);
     let mut idle_keys: BTreeSet<KeyId> = BTreeSet::new();
     if q.include_idle {
+        let in_window: FastSet<KeyId> = window.iter().map(|(id, _)| *id).collect();
         for bucket in st.edges.coarsest() {
             for id in bucket.keys() {
-                if !window.contains_key(id) {
+                if !in_window.contains(id) {
                     idle_keys.insert(*id);
                 }
             }
@@ -821,8 +861,8 @@ fn build_with(
         )
     }
     let dest_reported: FastSet<(&str, &str, &str, &str)> = window
-        .keys()
-        .map(key)
+        .iter()
+        .map(|(id, _)| key(id))
         .filter(|k| k.get(Label::Reporter) == "destination")
         .map(pair)
         .collect();
@@ -834,8 +874,8 @@ fn build_with(
     };
     lap(&mut phases.window);
     // 3. fold label sets into edges
-    // Indexed from here on: edges refer to label sets by their place in `window`.
-    let window: Vec<(KeyId, KeyWindow<'_>)> = window.into_iter().collect();
+    // Edges refer to label sets by their place in `window`.
+    let window = window;
     // Label sets of one destination service go to the same part, so the caller → service
     // and service → workload edges of a part are its own; parts are merged after.
     let fold = |part: u64, parts: u64| {
