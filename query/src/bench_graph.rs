@@ -27,7 +27,7 @@ fn rss_mib(field: &str) -> u64 {
 /// Runs the benchmark for each edge count and prints one line per configuration.
 pub fn graph(edges: &[usize], rps: usize, minutes: usize, iterations: usize) -> anyhow::Result<()> {
     println!(
-        "graph benchmark: {rps} rps for {minutes} min ({} requests), window = the whole span, {iterations} iterations",
+        "graph benchmark: {rps} rps for {minutes} min ({} requests), window = the whole span, ending 25 min into an hour (5 + 5 one-minute and 5 ten-minute buckets), {iterations} iterations",
         rps * minutes * 60
     );
     for &n in edges {
@@ -37,7 +37,12 @@ pub fn graph(edges: &[usize], rps: usize, minutes: usize, iterations: usize) -> 
 }
 
 fn run_one(edges: usize, rps: usize, minutes: usize, iterations: usize) -> anyhow::Result<()> {
-    let now = crate::rollup::now_secs();
+    // The window ends 25 minutes into an hour that ended before now: an hour-long window then
+    // reads 5 one-minute, 5 ten-minute and 5 one-minute buckets, as any window not on a
+    // 10-minute boundary does. A window ending at the wall clock would make each run differ
+    // (one on a 10-minute boundary reads 6 buckets, one on the hour 1).
+    let wall = crate::rollup::now_secs();
+    let now = wall - wall.rem_euclid(3600) - 35 * 60;
     let start = now - (minutes as i64) * 60;
     let rollups = Rollups::start(RollupConfig {
         resolution: Duration::from_secs(60),

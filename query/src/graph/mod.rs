@@ -724,18 +724,16 @@ fn window_part<'a>(
 }
 
 /// The duration sketches of an edge's label sets in the window, each with the latencies it
-/// feeds.
-fn sketches_of<'w, 'a: 'w>(
-    window: &'w [(KeyId, KeyWindow<'a>)],
-    parts: &'w [(u32, u8)],
-) -> impl Iterator<Item = (&'a LatencySketch, u8)> + Clone + 'w {
-    parts.iter().flat_map(move |&(i, feeds)| {
-        window[i as usize]
-            .1
-            .sketches
-            .iter()
-            .map(move |s| (*s, feeds))
-    })
+/// feeds, into `out`.
+fn sketches_of<'a>(
+    window: &[(KeyId, KeyWindow<'a>)],
+    parts: &[(u32, u8)],
+    out: &mut Vec<(&'a LatencySketch, u8)>,
+) {
+    out.clear();
+    for &(i, feeds) in parts {
+        out.extend(window[i as usize].1.sketches.iter().map(|s| (*s, feeds)));
+    }
 }
 
 /// The reporters whose measured latency an edge shows next to its own, in `Acc::parts` bits
@@ -776,8 +774,8 @@ pub fn build_timed(st: &RollupState, resolution_secs: i64, q: &GraphQuery) -> (G
 }
 
 /// [`build`], with the two-thread paths for big graphs allowed or not (tests compare both).
-fn build_with(
-    st: &RollupState,
+fn build_with<'st>(
+    st: &'st RollupState,
     resolution_secs: i64,
     q: &GraphQuery,
     threads: bool,
@@ -987,7 +985,10 @@ fn build_with(
     }
     let nodes_ro = &nodes;
     let window = &window;
-    let finish = |acc: &Acc<'_>, union: &mut UnionQuantiles| -> Edge {
+    let finish = |acc: &Acc<'_>,
+                  union: &mut UnionQuantiles,
+                  sketches: &mut Vec<(&'st LatencySketch, u8)>|
+     -> Edge {
         let nodes = nodes_ro;
         let service = acc
             .services
@@ -1006,8 +1007,8 @@ fn build_with(
         cb.tripped = cb.uo_responses > 0 || cb.overflow > 0.0 || cb.cx_overflow > 0.0 || cb.open;
         let health = q.health.health(requests, acc.e5, acc.e4);
         let (s, t) = (nodes[acc.source].id.clone(), nodes[acc.target].id.clone());
-        let [own, by_dest, by_source] =
-            union.quantiles_rows::<3, 3>(sketches_of(window, &acc.parts), [0.5, 0.95, 0.99]);
+        sketches_of(window, &acc.parts, sketches);
+        let [own, by_dest, by_source] = union.quantiles_rows::<3, 3>(sketches, [0.5, 0.95, 0.99]);
         Edge {
             id: format!("{s}->{t}"),
             protocol: acc
@@ -1072,12 +1073,30 @@ fn build_with(
     // The per-edge work (percentiles, breaker state) is most of a big graph: two threads.
     let run = |part: &[Acc<'_>]| {
         let mut union = UnionQuantiles::default();
+        let mut sketches = Vec::new();
         part.iter()
-            .map(|a| finish(a, &mut union))
+            .map(|a| finish(a, &mut union, &mut sketches))
             .collect::<Vec<_>>()
     };
     let edges = if threads && accs.len() >= PARALLEL_EDGES {
-        let (a, b) = accs.split_at(accs.len() / 2);
+        // Halves of equal work: an edge costs about its number of sketches, plus a little.
+        let cost = |a: &Acc<'_>| {
+            8 + a
+                .parts
+                .iter()
+                .map(|(wi, _)| window[*wi as usize].1.sketches.len())
+                .sum::<usize>()
+        };
+        let total: usize = accs.iter().map(cost).sum();
+        let mut seen = 0;
+        let half = accs
+            .iter()
+            .position(|a| {
+                seen += cost(a);
+                seen * 2 >= total
+            })
+            .map_or(accs.len() / 2, |i| i + 1);
+        let (a, b) = accs.split_at(half);
         std::thread::scope(|sc| {
             let second = sc.spawn(|| run(b));
             let mut edges = run(a);

@@ -213,38 +213,40 @@ impl UnionQuantiles {
     /// and the union's count.
     pub fn quantiles<'s, const N: usize>(
         &mut self,
-        parts: impl Iterator<Item = &'s LatencySketch> + Clone,
+        parts: impl Iterator<Item = &'s LatencySketch>,
         qs: [f64; N],
     ) -> ([Option<f64>; N], u64) {
-        let [one] = self.quantiles_rows::<1, N>(parts.map(|p| (p, 1)), qs);
+        let parts: Vec<(&LatencySketch, u8)> = parts.map(|p| (p, 1)).collect();
+        let [one] = self.quantiles_rows::<1, N>(&parts, qs);
         one
     }
 
     /// [`UnionQuantiles::quantiles`] of `R` unions at once: a part `(sketch, rows)` belongs to
     /// union `r` when bit `r` of `rows` is set.
-    pub fn quantiles_rows<'s, const R: usize, const N: usize>(
+    ///
+    /// The parts come as a slice and the first pass has no data-dependent branches, so the
+    /// processor fetches many parts' sketches at once: they are scattered over the rollups,
+    /// and waiting for them one by one was most of a big graph's time.
+    pub fn quantiles_rows<const R: usize, const N: usize>(
         &mut self,
-        parts: impl IntoIterator<Item = (&'s LatencySketch, u8)> + Clone,
+        parts: &[(&LatencySketch, u8)],
         qs: [f64; N],
     ) -> [([Option<f64>; N], u64); R] {
         let rows_mask = ((1u16 << R) - 1) as u8;
         let (mut count, mut zero) = ([0u64; R], [0u64; R]);
         let (mut lo, mut hi, mut nbins) = (i32::MAX, i32::MIN, 0usize);
-        for (p, mask) in parts.clone() {
+        for &(p, mask) in parts {
             let mask = mask & rows_mask;
-            if mask == 0 {
-                continue;
-            }
             for r in 0..R {
-                if mask & (1 << r) != 0 {
-                    count[r] += p.count;
-                    zero[r] += p.zero;
-                }
+                let on = u64::from((mask >> r) & 1);
+                count[r] += p.count * on;
+                zero[r] += p.zero * on;
             }
-            if let (Some(f), Some(l)) = (p.bins.first(), p.bins.last()) {
-                lo = lo.min(f.0);
-                hi = hi.max(l.0);
-                nbins += p.bins.len();
+            let n = p.bins.len() * usize::from(mask != 0);
+            nbins += n;
+            if n > 0 {
+                lo = lo.min(p.bins[0].0);
+                hi = hi.max(p.bins[n - 1].0);
             }
         }
         let mut walks: [RankWalk<N>; R] =
@@ -266,14 +268,14 @@ impl UnionQuantiles {
     }
 
     /// Few bins over a wide range: all of them sorted by key.
-    fn sorted_walks<'s, const R: usize, const N: usize>(
+    fn sorted_walks<const R: usize, const N: usize>(
         &mut self,
-        parts: impl IntoIterator<Item = (&'s LatencySketch, u8)>,
+        parts: &[(&LatencySketch, u8)],
         rows_mask: u8,
         walks: &mut [RankWalk<N>; R],
     ) {
         self.pairs.clear();
-        for (p, mask) in parts {
+        for &(p, mask) in parts {
             let mask = mask & rows_mask;
             if mask != 0 {
                 self.pairs.extend(p.bins.iter().map(|&(k, c)| (k, c, mask)));
@@ -293,9 +295,9 @@ impl UnionQuantiles {
     }
 
     /// Bins counted into one row per union spanning the parts' keys, with block sums.
-    fn dense_walks<'s, const R: usize, const N: usize>(
+    fn dense_walks<const R: usize, const N: usize>(
         &mut self,
-        parts: impl IntoIterator<Item = (&'s LatencySketch, u8)>,
+        parts: &[(&LatencySketch, u8)],
         rows_mask: u8,
         lo: i32,
         range: usize,
@@ -306,7 +308,7 @@ impl UnionQuantiles {
         self.dense.resize(range * R, 0);
         self.blocks.clear();
         self.blocks.resize(nblocks * R, 0);
-        for (p, mask) in parts {
+        for &(p, mask) in parts {
             let mut m = mask & rows_mask;
             while m != 0 {
                 let r = m.trailing_zeros() as usize;
@@ -426,7 +428,8 @@ mod tests {
                     })
                     .collect();
                 let qs = [0.0, 0.5, 0.95, 0.99, 1.0];
-                let rows = u.quantiles_rows::<3, 5>(parts.iter().map(|(s, m)| (s, *m)), qs);
+                let refs: Vec<(&LatencySketch, u8)> = parts.iter().map(|(s, m)| (s, *m)).collect();
+                let rows = u.quantiles_rows::<3, 5>(&refs, qs);
                 for (r, row) in rows.iter().enumerate() {
                     let mut merged = LatencySketch::new();
                     for (p, m) in &parts {
