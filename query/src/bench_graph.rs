@@ -137,7 +137,7 @@ fn run_one(edges: usize, rps: usize, minutes: usize, iterations: usize) -> anyho
         let st = rollups.read();
         let (g, p) = build_timed(&st, 60, &q);
         let before_json = t.elapsed();
-        let body = serde_json::to_vec(&g)?;
+        let body = crate::graph::to_json(&g)?;
         times.push(t.elapsed());
         phases.push((p, times[times.len() - 1] - before_json));
         shown = (g.edges.len(), body.len());

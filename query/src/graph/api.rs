@@ -216,8 +216,14 @@ async fn compute(s: &GraphState, p: &Params) -> Result<super::Graph, BadParam> {
         health: s.health,
     };
     let res = s.rollups.config().resolution.as_secs() as i64;
-    let st = s.rollups.read();
-    Ok(build(&st, res, &q))
+    // A big graph takes a few hundred milliseconds: off the async workers.
+    let rollups = s.rollups.clone();
+    tokio::task::spawn_blocking(move || {
+        let st = rollups.read();
+        build(&st, res, &q)
+    })
+    .await
+    .map_err(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 async fn graph(State(s): State<GraphState>, RawQuery(raw): RawQuery) -> Response {
@@ -230,7 +236,11 @@ async fn graph(State(s): State<GraphState>, RawQuery(raw): RawQuery) -> Response
         Err(r) => return r.into_response(),
     };
     match p.format {
-        Format::Json => axum::Json(g).into_response(),
+        Format::Json => match tokio::task::spawn_blocking(move || super::to_json(&g)).await {
+            Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+            Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        },
         Format::Kiali => axum::Json(render::kiali(&g)).into_response(),
         Format::Dot => (
             [(header::CONTENT_TYPE, "text/vnd.graphviz; charset=utf-8")],
