@@ -291,6 +291,48 @@ pub struct Graph {
     pub edges: Vec<Edge>,
 }
 
+/// A few counters by key in key order (an edge has a handful of codes, flags and services):
+/// a sorted vector, so an edge allocates once per kind of counter, not once per tree node,
+/// and iterates in the order a `BTreeMap` would.
+#[derive(Debug)]
+struct Counts<K>(Vec<(K, u64)>);
+
+impl<K> Default for Counts<K> {
+    fn default() -> Self {
+        Counts(Vec::new())
+    }
+}
+
+impl<K: Ord> Counts<K> {
+    fn add(&mut self, k: K, n: u64) {
+        match self.0.binary_search_by(|(x, _)| x.cmp(&k)) {
+            Ok(i) => self.0[i].1 += n,
+            Err(i) => self.0.insert(i, (k, n)),
+        }
+    }
+
+    fn get(&self, k: &K) -> Option<u64> {
+        self.0
+            .binary_search_by(|(x, _)| x.cmp(k))
+            .ok()
+            .map(|i| self.0[i].1)
+    }
+
+    fn merge(&mut self, other: Counts<K>) {
+        for (k, n) in other.0 {
+            self.add(k, n);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&K, &u64)> {
+        self.0.iter().map(|(k, n)| (k, n))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Per-edge accumulation while building (label values borrowed from the rollups).
 #[derive(Default)]
 struct Acc<'a> {
@@ -304,11 +346,11 @@ struct Acc<'a> {
     /// Duration sums of every request (counted or not) each reporter in `REPORTERS` saw;
     /// `None` when it saw none.
     reporter_sums: [Option<f64>; 2],
-    codes: BTreeMap<u16, u64>,
-    code_flags: BTreeMap<(u16, &'a str), u64>,
-    flags: BTreeMap<&'a str, u64>,
-    services: BTreeMap<&'a str, u64>,
-    protocols: BTreeMap<&'a str, u64>,
+    codes: Counts<u16>,
+    code_flags: Counts<(u16, &'a str)>,
+    flags: Counts<&'a str>,
+    services: Counts<&'a str>,
+    protocols: Counts<&'a str>,
     sources: FastSet<(&'a str, &'a str)>,
     /// The edge starts at a caller (not an injected service node): its proxy's breaker stats
     /// describe it.
@@ -362,11 +404,6 @@ impl<'a> KeyWindow<'a> {
 impl<'a> Acc<'a> {
     /// Adds another accumulation of the same edge.
     fn merge(&mut self, o: Acc<'a>) {
-        fn add<K: Ord>(into: &mut BTreeMap<K, u64>, from: BTreeMap<K, u64>) {
-            for (k, n) in from {
-                *into.entry(k).or_default() += n;
-            }
-        }
         self.totals.add(&o.totals);
         self.parts.extend(o.parts);
         for (mine, theirs) in self.reporter_sums.iter_mut().zip(o.reporter_sums) {
@@ -374,11 +411,11 @@ impl<'a> Acc<'a> {
                 *mine.get_or_insert(0.0) += t;
             }
         }
-        add(&mut self.codes, o.codes);
-        add(&mut self.code_flags, o.code_flags);
-        add(&mut self.flags, o.flags);
-        add(&mut self.services, o.services);
-        add(&mut self.protocols, o.protocols);
+        self.codes.merge(o.codes);
+        self.code_flags.merge(o.code_flags);
+        self.flags.merge(o.flags);
+        self.services.merge(o.services);
+        self.protocols.merge(o.protocols);
         self.sources.extend(o.sources);
         self.from_caller |= o.from_caller;
         self.e5 += o.e5;
@@ -389,21 +426,17 @@ impl<'a> Acc<'a> {
         let a = &w.totals;
         self.totals.add(a);
         let code = k.response_code();
-        *self.codes.entry(code).or_default() += a.requests;
-        *self
-            .code_flags
-            .entry((code, k.get(Label::ResponseFlags)))
-            .or_default() += a.requests;
+        self.codes.add(code, a.requests);
+        self.code_flags
+            .add((code, k.get(Label::ResponseFlags)), a.requests);
         for f in k.flags() {
-            *self.flags.entry(f).or_default() += a.requests;
+            self.flags.add(f, a.requests);
         }
         if let Some(s) = k.known(Label::DestinationService) {
-            *self.services.entry(s).or_default() += a.requests;
+            self.services.add(s, a.requests);
         }
-        *self
-            .protocols
-            .entry(k.get(Label::RequestProtocol))
-            .or_default() += a.requests;
+        self.protocols
+            .add(k.get(Label::RequestProtocol), a.requests);
         if let (Some(ns), Some(wl)) = (
             k.known(Label::SourceWorkloadNamespace),
             k.known(Label::SourceWorkload),
@@ -944,11 +977,9 @@ fn build_with<'st>(
         for &(from, to) in &hops[..n] {
             let acc = b.acc(from, to);
             if let Some(s) = k.known(Label::DestinationService) {
-                acc.services.entry(s).or_default();
+                acc.services.add(s, 0);
             }
-            acc.protocols
-                .entry(k.get(Label::RequestProtocol))
-                .or_default();
+            acc.protocols.add(k.get(Label::RequestProtocol), 0);
         }
     }
     let Builder {
@@ -960,7 +991,7 @@ fn build_with<'st>(
     // 4. shares: per (source node, destination service)
     let mut per_service: FastMap<(usize, &str), u64> = FastMap::default();
     for acc in &accs {
-        for (svc, n) in &acc.services {
+        for (svc, n) in acc.services.iter() {
             *per_service.entry((acc.source, svc)).or_default() += n;
         }
     }
@@ -1002,8 +1033,8 @@ fn build_with<'st>(
         let requests = acc.totals.requests;
         let errors = acc.e5 + acc.e4;
         let mut cb = breaker_for(st, &breakers, acc, q);
-        cb.uo_responses = acc.flags.get("UO").copied().unwrap_or(0);
-        cb.uh_responses = acc.flags.get("UH").copied().unwrap_or(0);
+        cb.uo_responses = acc.flags.get(&"UO").unwrap_or(0);
+        cb.uh_responses = acc.flags.get(&"UH").unwrap_or(0);
         cb.tripped = cb.uo_responses > 0 || cb.overflow > 0.0 || cb.cx_overflow > 0.0 || cb.open;
         let health = q.health.health(requests, acc.e5, acc.e4);
         let (s, t) = (nodes[acc.source].id.clone(), nodes[acc.target].id.clone());
@@ -1062,8 +1093,8 @@ fn build_with<'st>(
             bytes_received: acc.totals.response_bytes,
             circuit_breaker: cb,
             fault_injection: FaultInjection {
-                aborted: acc.flags.get("FI").copied().unwrap_or(0),
-                delayed: acc.flags.get("DI").copied().unwrap_or(0),
+                aborted: acc.flags.get(&"FI").unwrap_or(0),
+                delayed: acc.flags.get(&"DI").unwrap_or(0),
             },
             health,
             source: s,
@@ -1233,7 +1264,7 @@ fn breaker_for(
         .filter_map(|(ns, wl)| index.get(&(*ns, *wl)))
         .flatten();
     for (host, key, series) in mine {
-        if !acc.services.contains_key(host.as_str()) {
+        if acc.services.get(&host.as_str()).is_none() {
             continue;
         }
         let m = &*key.metric;
