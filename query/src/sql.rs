@@ -134,11 +134,15 @@ impl QueryEngine {
             }
             Ok(SqlOutput { batches, plan })
         };
-        // An answer that came after the limit is a timeout too (the timer ticks in ms).
+        // An answer that came after the limit is a timeout too (the timer ticks in ms); an
+        // error (a refused statement) stays that error.
         let started = std::time::Instant::now();
         match tokio::time::timeout(limits.timeout, run).await {
-            Ok(r) if started.elapsed() <= limits.timeout => r,
-            _ => Err(SqlError::Timeout(limits.timeout)),
+            Ok(Ok(_)) if started.elapsed() > limits.timeout => {
+                Err(SqlError::Timeout(limits.timeout))
+            }
+            Ok(r) => r,
+            Err(_) => Err(SqlError::Timeout(limits.timeout)),
         }
     }
 

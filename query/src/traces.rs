@@ -549,16 +549,20 @@ impl TraceService {
         }
     }
 
-    /// Runs `f` within the time limit. An answer that came after the limit is a timeout too:
-    /// the timer ticks in milliseconds, so a fast query could otherwise outrun a tiny limit.
+    /// Runs `f` within the time limit. An answer (not an error) that came after the limit is a
+    /// timeout too: the timer ticks in milliseconds, so a fast query could otherwise outrun a
+    /// tiny limit.
     pub async fn timed<T>(
         &self,
         f: impl Future<Output = Result<T, TraceError>>,
     ) -> Result<T, TraceError> {
         let started = std::time::Instant::now();
         match tokio::time::timeout(self.limits.timeout, f).await {
-            Ok(r) if started.elapsed() <= self.limits.timeout => r,
-            _ => Err(TraceError::Timeout(self.limits.timeout)),
+            Ok(Ok(_)) if started.elapsed() > self.limits.timeout => {
+                Err(TraceError::Timeout(self.limits.timeout))
+            }
+            Ok(r) => r,
+            Err(_) => Err(TraceError::Timeout(self.limits.timeout)),
         }
     }
 
