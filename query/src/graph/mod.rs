@@ -1102,14 +1102,25 @@ fn build_with<'st>(
         }
     };
     // The per-edge work (percentiles, breaker state) is most of a big graph: two threads.
-    let run = |part: &[Acc<'_>]| {
+    // Edges are worked on grouped by their service node: caller → service and service →
+    // workload read the same label sets' sketches, so the second read finds them in cache.
+    let group = |a: &Acc<'_>| {
+        if nodes_ro[a.source].kind == "service" {
+            a.source
+        } else {
+            a.target
+        }
+    };
+    let mut order: Vec<usize> = (0..accs.len()).collect();
+    order.sort_by_key(|&i| group(&accs[i]));
+    let run = |part: &[usize]| {
         let mut union = UnionQuantiles::default();
         let mut sketches = Vec::new();
         part.iter()
-            .map(|a| finish(a, &mut union, &mut sketches))
+            .map(|&i| (i, finish(&accs[i], &mut union, &mut sketches)))
             .collect::<Vec<_>>()
     };
-    let edges = if threads && accs.len() >= PARALLEL_EDGES {
+    let done = if threads && accs.len() >= PARALLEL_EDGES {
         // Halves of equal work: an edge costs about its number of sketches, plus a little.
         let cost = |a: &Acc<'_>| {
             8 + a
@@ -1120,14 +1131,14 @@ fn build_with<'st>(
         };
         let total: usize = accs.iter().map(cost).sum();
         let mut seen = 0;
-        let half = accs
+        let half = order
             .iter()
-            .position(|a| {
-                seen += cost(a);
+            .position(|&i| {
+                seen += cost(&accs[i]);
                 seen * 2 >= total
             })
-            .map_or(accs.len() / 2, |i| i + 1);
-        let (a, b) = accs.split_at(half);
+            .map_or(order.len() / 2, |i| i + 1);
+        let (a, b) = order.split_at(half);
         std::thread::scope(|sc| {
             let second = sc.spawn(|| run(b));
             let mut edges = run(a);
@@ -1139,8 +1150,14 @@ fn build_with<'st>(
             edges
         })
     } else {
-        run(&accs)
+        run(&order)
     };
+    // Back in (source, target) order.
+    let mut slots: Vec<Option<Edge>> = (0..accs.len()).map(|_| None).collect();
+    for (i, e) in done {
+        slots[i] = Some(e);
+    }
+    let edges: Vec<Edge> = slots.into_iter().flatten().collect();
     drop(accs);
     lap(&mut phases.edges);
     // 5. node health: from inbound traffic, else outbound
