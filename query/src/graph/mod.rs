@@ -997,8 +997,27 @@ fn build_with<'st>(
     }
     let secs = ((q.to_ns - q.from_ns) as f64 / 1e9).max(1e-9);
     let breakers = breaker_index(st);
+    // Edges come grouped by the service node they touch (else by target), then by source and
+    // target: caller → service and service → workload read the same label sets' sketches,
+    // so working on them one after the other finds the second read in cache.
+    let group = |a: &Acc<'_>| {
+        if nodes[a.source].kind == "service" {
+            a.source
+        } else {
+            a.target
+        }
+    };
     accs.sort_unstable_by(|x, y| {
-        (&nodes[x.source].id, &nodes[x.target].id).cmp(&(&nodes[y.source].id, &nodes[y.target].id))
+        (
+            &nodes[group(x)].id,
+            &nodes[x.source].id,
+            &nodes[x.target].id,
+        )
+            .cmp(&(
+                &nodes[group(y)].id,
+                &nodes[y.source].id,
+                &nodes[y.target].id,
+            ))
     });
     accs.retain(|acc| acc.totals.requests > 0 || q.include_idle);
     for acc in &accs {
@@ -1102,25 +1121,14 @@ fn build_with<'st>(
         }
     };
     // The per-edge work (percentiles, breaker state) is most of a big graph: two threads.
-    // Edges are worked on grouped by their service node: caller → service and service →
-    // workload read the same label sets' sketches, so the second read finds them in cache.
-    let group = |a: &Acc<'_>| {
-        if nodes_ro[a.source].kind == "service" {
-            a.source
-        } else {
-            a.target
-        }
-    };
-    let mut order: Vec<usize> = (0..accs.len()).collect();
-    order.sort_by_key(|&i| group(&accs[i]));
-    let run = |part: &[usize]| {
+    let run = |part: &[Acc<'_>]| {
         let mut union = UnionQuantiles::default();
         let mut sketches = Vec::new();
         part.iter()
-            .map(|&i| (i, finish(&accs[i], &mut union, &mut sketches)))
+            .map(|a| finish(a, &mut union, &mut sketches))
             .collect::<Vec<_>>()
     };
-    let done = if threads && accs.len() >= PARALLEL_EDGES {
+    let edges = if threads && accs.len() >= PARALLEL_EDGES {
         // Halves of equal work: an edge costs about its number of sketches, plus a little.
         let cost = |a: &Acc<'_>| {
             8 + a
@@ -1131,14 +1139,14 @@ fn build_with<'st>(
         };
         let total: usize = accs.iter().map(cost).sum();
         let mut seen = 0;
-        let half = order
+        let half = accs
             .iter()
-            .position(|&i| {
-                seen += cost(&accs[i]);
+            .position(|a| {
+                seen += cost(a);
                 seen * 2 >= total
             })
-            .map_or(order.len() / 2, |i| i + 1);
-        let (a, b) = order.split_at(half);
+            .map_or(accs.len() / 2, |i| i + 1);
+        let (a, b) = accs.split_at(half);
         std::thread::scope(|sc| {
             let second = sc.spawn(|| run(b));
             let mut edges = run(a);
@@ -1150,14 +1158,8 @@ fn build_with<'st>(
             edges
         })
     } else {
-        run(&order)
+        run(&accs)
     };
-    // Back in (source, target) order.
-    let mut slots: Vec<Option<Edge>> = (0..accs.len()).map(|_| None).collect();
-    for (i, e) in done {
-        slots[i] = Some(e);
-    }
-    let edges: Vec<Edge> = slots.into_iter().flatten().collect();
     drop(accs);
     lap(&mut phases.edges);
     // 5. node health: from inbound traffic, else outbound
