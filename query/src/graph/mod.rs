@@ -830,16 +830,10 @@ fn build_with<'st>(
     let cover = st.edges.cover(b_from, b_to);
     let entries: usize = cover.iter().map(|b| b.len()).sum();
     let mut window = if threads && entries >= PARALLEL_LABEL_SETS {
-        let (mut first, second) = std::thread::scope(|sc| {
-            let second = sc.spawn(|| window_part(st.keys.len(), &cover, 1, 2));
-            let first = window_part(st.keys.len(), &cover, 0, 2);
-            (
-                first,
-                second
-                    .join()
-                    .unwrap_or_else(|e| std::panic::resume_unwind(e)),
-            )
-        });
+        let (mut first, second) = on_two_threads(
+            || window_part(st.keys.len(), &cover, 0, 2),
+            || window_part(st.keys.len(), &cover, 1, 2),
+        );
         first.extend(second);
         first
     } else {
@@ -952,16 +946,7 @@ fn build_with<'st>(
         b
     };
     let mut b = if threads && window.len() >= PARALLEL_LABEL_SETS {
-        let (mut first, second) = std::thread::scope(|sc| {
-            let second = sc.spawn(|| fold(1, 2));
-            let first = fold(0, 2);
-            (
-                first,
-                second
-                    .join()
-                    .unwrap_or_else(|e| std::panic::resume_unwind(e)),
-            )
-        });
+        let (mut first, second) = on_two_threads(|| fold(0, 2), || fold(1, 2));
         first.absorb(second);
         first
     } else {
@@ -1147,16 +1132,9 @@ fn build_with<'st>(
             })
             .map_or(accs.len() / 2, |i| i + 1);
         let (a, b) = accs.split_at(half);
-        std::thread::scope(|sc| {
-            let second = sc.spawn(|| run(b));
-            let mut edges = run(a);
-            edges.extend(
-                second
-                    .join()
-                    .unwrap_or_else(|e| std::panic::resume_unwind(e)),
-            );
-            edges
-        })
+        let (mut edges, second) = on_two_threads(|| run(a), || run(b));
+        edges.extend(second);
+        edges
     } else {
         run(&accs)
     };
@@ -1194,6 +1172,23 @@ fn build_with<'st>(
     }
 }
 
+/// Runs `first` here and `second` on another thread; a panic in either is raised here.
+fn on_two_threads<A, B: Send>(
+    first: impl FnOnce() -> A,
+    second: impl FnOnce() -> B + Send,
+) -> (A, B) {
+    std::thread::scope(|sc| {
+        let second = sc.spawn(second);
+        let first = first();
+        (
+            first,
+            second
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+        )
+    })
+}
+
 /// The graph as JSON, what `serde_json::to_vec` gives, with a big graph's edges rendered on
 /// two threads (they are most of the bytes: 27 MB at 20k edges).
 pub fn to_json(g: &Graph) -> serde_json::Result<Vec<u8>> {
@@ -1214,16 +1209,7 @@ pub fn to_json(g: &Graph) -> serde_json::Result<Vec<u8>> {
         edges: [Edge; 0],
     }
     let (a, b) = g.edges.split_at(g.edges.len() / 2);
-    let (first, second) = std::thread::scope(|sc| {
-        let second = sc.spawn(|| serde_json::to_vec(b));
-        let first = serde_json::to_vec(a);
-        (
-            first,
-            second
-                .join()
-                .unwrap_or_else(|e| std::panic::resume_unwind(e)),
-        )
-    });
+    let (first, second) = on_two_threads(|| serde_json::to_vec(a), || serde_json::to_vec(b));
     let (first, second) = (first?, second?);
     let mut out = serde_json::to_vec(&Head {
         graph_type: g.graph_type,

@@ -405,15 +405,19 @@ mod tests {
         }
     }
 
+    /// A xorshift sequence: the tests' random sketches, the same on every run.
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
     #[test]
     fn unions_counted_together_equal_each_merged_sketch() {
-        let mut rng = 7u64;
-        let mut next = || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = xorshift(7);
         let mut u = UnionQuantiles::default();
         for parts_n in [1usize, 3, 12, 60] {
             for spread in [2u64, 40, 5_000, 10_000_000] {
@@ -449,13 +453,7 @@ mod tests {
 
     #[test]
     fn union_quantiles_equal_the_merged_sketch() {
-        let mut rng = 99u64;
-        let mut next = || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = xorshift(99);
         let mut u = UnionQuantiles::default();
         for parts_n in [1usize, 2, 5, 40] {
             for spread in [3u64, 50, 100_000] {
