@@ -992,18 +992,14 @@ fn build_with<'st>(
             a.target
         }
     };
-    accs.sort_unstable_by(|x, y| {
-        (
-            &nodes[group(x)].id,
-            &nodes[x.source].id,
-            &nodes[x.target].id,
-        )
-            .cmp(&(
-                &nodes[group(y)].id,
-                &nodes[y.source].id,
-                &nodes[y.target].id,
-            ))
-    });
+    // Nodes ranked by id once, so edges sort by integers.
+    let mut by_id: Vec<usize> = (0..nodes.len()).collect();
+    by_id.sort_unstable_by(|a, b| nodes[*a].id.cmp(&nodes[*b].id));
+    let mut ord = vec![0usize; nodes.len()];
+    for (o, i) in by_id.into_iter().enumerate() {
+        ord[i] = o;
+    }
+    accs.sort_unstable_by_key(|a| (ord[group(a)], ord[a.source], ord[a.target]));
     accs.retain(|acc| acc.totals.requests > 0 || q.include_idle);
     for acc in &accs {
         let requests = acc.totals.requests;
@@ -1149,7 +1145,7 @@ fn build_with<'st>(
             q.health.health(r, e5, e4)
         };
     }
-    let used: BTreeSet<&str> = edges
+    let used: FastSet<&str> = edges
         .iter()
         .flat_map(|e| [e.source.as_str(), e.target.as_str()])
         .collect();
@@ -1316,7 +1312,7 @@ fn breaker_for(
 /// between refreshes as long as the topology is.
 fn assign_ranks(nodes: &mut [Node], edges: &[Edge]) {
     let mut g: DiGraph<usize, ()> = DiGraph::new();
-    let idx: HashMap<&str, NodeIndex> = nodes
+    let idx: FastMap<&str, NodeIndex> = nodes
         .iter()
         .enumerate()
         .map(|(i, n)| (n.id.as_str(), g.add_node(i)))
