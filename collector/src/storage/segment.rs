@@ -55,7 +55,7 @@ pub fn sort_for_segment(table: Table, batches: &[RecordBatch]) -> Result<RecordB
     }
     let order = lexsort_to_indices(&keys, None)?;
     drop(keys);
-    // Row `i` of the concatenation is row `i - starts[b]` of batch `b`.
+    // `at[i]`: the batch and row that row `i` of the concatenated keys came from.
     let mut at = Vec::with_capacity(rows);
     for (b, batch) in batches.iter().enumerate() {
         at.extend((0..batch.num_rows()).map(|r| (b, r)));
