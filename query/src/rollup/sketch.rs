@@ -223,10 +223,8 @@ impl UnionQuantiles {
 
     /// [`UnionQuantiles::quantiles`] of `R` unions at once: a part `(sketch, rows)` belongs to
     /// union `r` when bit `r` of `rows` is set.
-    ///
-    /// The parts come as a slice and the first pass has no data-dependent branches, so the
-    /// processor fetches many parts' sketches at once: they are scattered over the rollups,
-    /// and waiting for them one by one was most of a big graph's time.
+    /// `R` is at most 8. The first pass reads the parts' counts and key bounds; the second
+    /// adds their bins into one row per union (or sorts them, when few bins span many keys).
     pub fn quantiles_rows<const R: usize, const N: usize>(
         &mut self,
         parts: &[(&LatencySketch, u8)],
