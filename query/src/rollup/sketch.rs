@@ -208,21 +208,10 @@ impl<const N: usize> RankWalk<N> {
 }
 
 impl UnionQuantiles {
-    /// The nearest-rank quantiles `qs` (ascending) of the union of `parts`, exactly what
-    /// merging them and calling [`LatencySketch::quantile`] would give (`None`s when empty),
-    /// and the union's count.
-    pub fn quantiles<'s, const N: usize>(
-        &mut self,
-        parts: impl Iterator<Item = &'s LatencySketch>,
-        qs: [f64; N],
-    ) -> ([Option<f64>; N], u64) {
-        let parts: Vec<(&LatencySketch, u8)> = parts.map(|p| (p, 1)).collect();
-        let [one] = self.quantiles_rows::<1, N>(&parts, qs);
-        one
-    }
-
-    /// [`UnionQuantiles::quantiles`] of `R` unions at once: a part `(sketch, rows)` belongs to
-    /// union `r` when bit `r` of `rows` is set.
+    /// The nearest-rank quantiles `qs` (ascending) of `R` unions of `parts`, exactly what
+    /// merging each union's sketches and calling [`LatencySketch::quantile`] would give
+    /// (`None`s when empty), with each union's count. A part `(sketch, rows)` belongs to union
+    /// `r` when bit `r` of `rows` is set.
     /// `R` is at most 8. The first pass reads the parts' counts and key bounds; the second
     /// adds their bins into one row per union (or sorts them, when few bins span many keys).
     pub fn quantiles_rows<const R: usize, const N: usize>(
@@ -470,8 +459,9 @@ mod tests {
                 }
                 let refs: Vec<&LatencySketch> = parts.iter().collect();
                 let qs = [0.0, 0.5, 0.95, 0.99, 1.0];
+                let one: Vec<(&LatencySketch, u8)> = refs.iter().map(|p| (*p, 1)).collect();
                 assert_eq!(
-                    u.quantiles(refs.iter().copied(), qs),
+                    u.quantiles_rows::<1, 5>(&one, qs)[0],
                     (qs.map(|q| merged.quantile(q)), merged.count()),
                     "{parts_n} parts, spread {spread}"
                 );
