@@ -125,7 +125,7 @@ where
             let mut gzip = EnabledCompressionEncodings::default();
             gzip.enable(CompressionEncoding::Gzip);
             let limit = state.limits.max_body_bytes;
-            let mut grpc = tonic::server::Grpc::new(TracesCodec)
+            let mut grpc = tonic::server::Grpc::new(TracesCodec(state.clone()))
                 .apply_compression_config(gzip, gzip)
                 .apply_max_message_size_config(Some(limit), None);
             Ok(grpc.unary(ExportTraces(state), req).await)
@@ -151,8 +151,9 @@ impl UnaryService<DecodedTraces> for ExportTraces {
 }
 
 /// Export requests in through `ingest::decode_traces_protobuf`, responses out with prost.
-#[derive(Debug, Clone, Copy, Default)]
-struct TracesCodec;
+/// A request storage would refuse (`Store::admit`) is answered UNAVAILABLE without decoding.
+#[derive(Debug, Clone)]
+struct TracesCodec(OtlpState);
 
 impl Codec for TracesCodec {
     type Encode = ExportTraceServiceResponse;
@@ -161,11 +162,11 @@ impl Codec for TracesCodec {
     type Decoder = TracesCodec;
 
     fn encoder(&mut self) -> TracesCodec {
-        TracesCodec
+        self.clone()
     }
 
     fn decoder(&mut self) -> TracesCodec {
-        TracesCodec
+        self.clone()
     }
 }
 
@@ -188,6 +189,9 @@ impl Decoder for TracesCodec {
     type Error = Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<DecodedTraces>, Status> {
+        if let Err(e) = ingest::admit(&self.0) {
+            return Err(status(&e));
+        }
         // The message is one contiguous buffer: taking it copies nothing.
         let body = src.copy_to_bytes(src.remaining());
         ingest::decode_traces_protobuf(&body)

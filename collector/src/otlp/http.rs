@@ -185,6 +185,9 @@ async fn read_request<T: Send + 'static>(
         });
     }
     let raw = read_body(body, limit).await?;
+    // The body is read (a client still sending would see a reset, not the 429), but a
+    // request storage would refuse is not decoded.
+    ingest::admit(state)?;
     let large = raw.len() > BLOCKING_THRESHOLD;
     let work = move || -> Result<T, OtlpError> {
         if gzip {

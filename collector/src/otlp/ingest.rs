@@ -180,6 +180,17 @@ pub async fn export_logs(
     })
 }
 
+/// Refuses a request before it is decoded while storage is over its buffer limit
+/// (`Store::admit`), counted as throttled like a refused append.
+pub fn admit(state: &OtlpState) -> Result<(), OtlpError> {
+    state.store.admit().map_err(|e| {
+        if matches!(e, StoreError::Overloaded(..)) {
+            OtlpStats::add(&state.stats.requests_throttled, 1);
+        }
+        e.into()
+    })
+}
+
 async fn append(
     state: &OtlpState,
     table: Table,

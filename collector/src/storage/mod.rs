@@ -478,21 +478,7 @@ impl Store {
             } else {
                 StoreError::Closed
             })?;
-        let buffered = self.state_read().buffered_bytes;
-        if buffered > self.inner.cfg.max_buffer_bytes {
-            self.inner
-                .stats
-                .rejected_overload
-                .fetch_add(1, Ordering::Relaxed);
-            self.kick_flush();
-            return Err(StoreError::Overloaded(
-                format!(
-                    "{buffered} bytes buffered, limit {}",
-                    self.inner.cfg.max_buffer_bytes
-                ),
-                Duration::from_secs(1),
-            ));
-        }
+        self.admit()?;
         let mut records = Vec::new();
         for (hour, part) in segment::split_by_hour(table, &batch)? {
             let bytes = wal::encode_record(table, hour, &part)?;
@@ -527,6 +513,28 @@ impl Store {
             .appended_rows
             .fetch_add(rows as u64, Ordering::Relaxed);
         Ok(AppendReceipt { rows, segment })
+    }
+
+    /// Fails with `Overloaded` while the buffer is over its limit, as `append` would.
+    /// Receivers ask before decoding a request, so a request that would be refused costs no
+    /// decoding.
+    pub fn admit(&self) -> Result<(), StoreError> {
+        let buffered = self.state_read().buffered_bytes;
+        if buffered > self.inner.cfg.max_buffer_bytes {
+            self.inner
+                .stats
+                .rejected_overload
+                .fetch_add(1, Ordering::Relaxed);
+            self.kick_flush();
+            return Err(StoreError::Overloaded(
+                format!(
+                    "{buffered} bytes buffered, limit {}",
+                    self.inner.cfg.max_buffer_bytes
+                ),
+                Duration::from_secs(1),
+            ));
+        }
+        Ok(())
     }
 
     /// The buffered batches and Parquet files of `table` whose hour overlaps
@@ -1057,10 +1065,9 @@ impl Store {
         batches: Vec<RecordBatch>,
         level: u32,
     ) -> Result<(FileEntry, usize), StoreError> {
-        let (sorted, bytes) = tokio::task::spawn_blocking(move || {
-            let sorted = segment::sort_for_segment(table, &batches)?;
-            let bytes = segment::encode_parquet(table, &sorted, level)?;
-            Ok::<_, StoreError>((sorted, bytes))
+        let (batches, bytes) = tokio::task::spawn_blocking(move || {
+            let bytes = segment::encode_sorted_parquet(table, &batches, level)?;
+            Ok::<_, StoreError>((batches, bytes))
         })
         .await
         .map_err(|e| StoreError::Internal(e.to_string()))??;
@@ -1078,11 +1085,9 @@ impl Store {
             .stats
             .files_written
             .fetch_add(1, Ordering::Relaxed);
-        let n = sorted.num_rows();
-        Ok((
-            segment::file_entry(table, &sorted, final_path.to_string(), size, level),
-            n,
-        ))
+        let entry = segment::file_entry(table, &batches, final_path.to_string(), size, level);
+        let n = entry.rows as usize;
+        Ok((entry, n))
     }
 
     // ---- compaction and retention ----

@@ -3,7 +3,7 @@
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::{
-    SortColumn, SortOptions, concat, concat_batches, interleave_record_batch, lexsort_to_indices,
+    SortColumn, SortOptions, concat, interleave_record_batch, lexsort_to_indices,
 };
 use arrow::datatypes::TimestampNanosecondType;
 use bytes::Bytes;
@@ -22,16 +22,19 @@ use super::manifest::FileEntry;
 const PAGE_ROWS: usize = 1000;
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 
-/// Sorts a table's batches into one batch in segment order: spans by (trace_id, start_time),
-/// requests by time, stat_samples by (metric, time). Only the sort keys are concatenated; the
-/// rows are copied once, straight from the batches into sorted order (concatenating
-/// everything and then taking the sorted rows copied each span twice).
-pub fn sort_for_segment(table: Table, batches: &[RecordBatch]) -> Result<RecordBatch, StoreError> {
-    let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
+/// Rows interleaved into sorted order per write: a chunk's columns stay in the cache while
+/// the Parquet writer encodes them, and no flush allocates (and page-faults in) a second copy
+/// of its whole buffer.
+const SORT_CHUNK_ROWS: usize = 8 * PAGE_ROWS;
+
+/// The order of a table's rows in a segment: spans by (trace_id, start_time), requests by
+/// time, stat_samples by (metric, time), as (batch, row) pairs. Only the sort keys are
+/// concatenated.
+fn segment_order(
+    table: Table,
+    batches: &[&RecordBatch],
+) -> Result<Vec<(usize, usize)>, StoreError> {
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-    if rows <= 1 {
-        return Ok(concat_batches(&table.schema(), batches)?);
-    }
     let key = |name: &str| -> Result<SortColumn, StoreError> {
         let parts = batches
             .iter()
@@ -60,8 +63,31 @@ pub fn sort_for_segment(table: Table, batches: &[RecordBatch]) -> Result<RecordB
     for (b, batch) in batches.iter().enumerate() {
         at.extend((0..batch.num_rows()).map(|r| (b, r)));
     }
-    let indices: Vec<(usize, usize)> = order.values().iter().map(|&i| at[i as usize]).collect();
-    Ok(interleave_record_batch(&batches, &indices)?)
+    Ok(order.values().iter().map(|&i| at[i as usize]).collect())
+}
+
+/// Encodes a table's batches as one Parquet file (compaction `level`, 0 for a flush) in segment order (`segment_order`). The rows
+/// are copied once, from the batches straight into sorted chunks of `SORT_CHUNK_ROWS` that the
+/// writer encodes one after the other.
+pub fn encode_sorted_parquet(
+    table: Table,
+    batches: &[RecordBatch],
+    level: u32,
+) -> Result<Vec<u8>, StoreError> {
+    let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let size: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+    let mut out = Vec::with_capacity(size / 4);
+    let mut w = ArrowWriter::try_new(
+        &mut out,
+        table.schema(),
+        Some(writer_properties(table, rows, level)),
+    )?;
+    for chunk in segment_order(table, &batches)?.chunks(SORT_CHUNK_ROWS) {
+        w.write(&interleave_record_batch(&batches, chunk)?)?;
+    }
+    w.close()?;
+    Ok(out)
 }
 
 /// zstd level of files a flush writes: fast, since most of them are merged again soon.
@@ -128,23 +154,6 @@ pub fn writer_properties(table: Table, rows: usize, level: u32) -> WriterPropert
     b.build()
 }
 
-/// Encodes a sorted batch as one Parquet file (compaction `level`, 0 for a flush).
-pub fn encode_parquet(
-    table: Table,
-    batch: &RecordBatch,
-    level: u32,
-) -> Result<Vec<u8>, StoreError> {
-    let mut out = Vec::with_capacity(batch.get_array_memory_size() / 4);
-    let mut w = ArrowWriter::try_new(
-        &mut out,
-        table.schema(),
-        Some(writer_properties(table, batch.num_rows(), level)),
-    )?;
-    w.write(batch)?;
-    w.close()?;
-    Ok(out)
-}
-
 /// Reads a whole Parquet file back into batches.
 pub fn decode_parquet(bytes: Bytes) -> Result<Vec<RecordBatch>, StoreError> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?
@@ -157,46 +166,45 @@ pub fn decode_parquet(bytes: Bytes) -> Result<Vec<RecordBatch>, StoreError> {
     Ok(out)
 }
 
-/// The manifest entry for a sorted batch written at `path`.
+/// The manifest entry for a file of `batches` (in any order) written at `path`.
 pub fn file_entry(
     table: Table,
-    batch: &RecordBatch,
+    batches: &[RecordBatch],
     path: String,
     bytes: u64,
     level: u32,
 ) -> FileEntry {
-    let (min_time, max_time) = time_range(table, batch);
-    let (min_trace_id, max_trace_id) = match table
-        .trace_id_column()
-        .and_then(|c| batch.column_by_name(c))
-    {
-        Some(col) => {
-            let ids = col.as_fixed_size_binary();
-            let mut lo: Option<&[u8]> = None;
-            let mut hi: Option<&[u8]> = None;
-            for i in 0..ids.len() {
-                if ids.is_valid(i) {
-                    let v = ids.value(i);
-                    lo = Some(lo.map_or(v, |l| l.min(v)));
-                    hi = Some(hi.map_or(v, |h| h.max(v)));
-                }
+    let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
+    let times = batches.iter().map(|b| time_range(table, b));
+    let min_time = times.clone().map(|t| t.0).min().unwrap_or(0);
+    let max_time = times.map(|t| t.1).max().unwrap_or(0);
+    let mut lo: Option<&[u8]> = None;
+    let mut hi: Option<&[u8]> = None;
+    for b in &batches {
+        let Some(col) = table.trace_id_column().and_then(|c| b.column_by_name(c)) else {
+            continue;
+        };
+        let ids = col.as_fixed_size_binary();
+        for i in 0..ids.len() {
+            if ids.is_valid(i) {
+                let v = ids.value(i);
+                lo = Some(lo.map_or(v, |l| l.min(v)));
+                hi = Some(hi.map_or(v, |h| h.max(v)));
             }
-            let hex = |v: Option<&[u8]>| {
-                v.and_then(|b| TraceId::from_hex(&hex_of(b)).ok())
-                    .map(|t| t.to_hex())
-            };
-            (hex(lo), hex(hi))
         }
-        None => (None, None),
+    }
+    let hex = |v: Option<&[u8]>| {
+        v.and_then(|b| TraceId::from_hex(&hex_of(b)).ok())
+            .map(|t| t.to_hex())
     };
     FileEntry {
         path,
-        rows: batch.num_rows() as u64,
+        rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
         bytes,
         min_time,
         max_time,
-        min_trace_id,
-        max_trace_id,
+        min_trace_id: hex(lo),
+        max_trace_id: hex(hi),
         level,
     }
 }
@@ -253,12 +261,12 @@ pub fn hex_of(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::compute::take_record_batch;
+    use arrow::compute::{concat_batches, take_record_batch};
     use meshscope_schemas::SpanId;
     use meshscope_schemas::rows::{SpanRow, spans_batch};
 
     #[test]
-    fn sorting_without_a_concatenation_gives_the_sorted_concatenation() {
+    fn a_segment_holds_the_sorted_concatenation_of_its_batches() {
         let mut rng = 5u64;
         let mut next = || {
             rng ^= rng << 13;
@@ -289,7 +297,12 @@ mod tests {
                 spans_batch(&rows).unwrap()
             })
             .collect();
-        let got = sort_for_segment(Table::Spans, &batches).unwrap();
+        let decoded = |batches: &[RecordBatch]| {
+            let bytes = encode_sorted_parquet(Table::Spans, batches, 0).unwrap();
+            let parts = decode_parquet(Bytes::from(bytes)).unwrap();
+            concat_batches(&Table::Spans.schema(), &parts).unwrap()
+        };
+        let got = decoded(&batches);
         // The reference: everything concatenated, then the rows taken in sorted order.
         let all = concat_batches(&Table::Spans.schema(), &batches).unwrap();
         let keys = ["trace_id", "start_time"].map(|c| SortColumn {
@@ -302,9 +315,42 @@ mod tests {
         let want = take_record_batch(&all, &lexsort_to_indices(&keys, None).unwrap()).unwrap();
         assert_eq!(got.num_rows(), 358);
         assert_eq!(got, want);
+        assert_eq!(decoded(&batches[1..3]), batches[2]);
+        // More rows than one sorted chunk: chunks follow each other in order.
+        let many: Vec<RecordBatch> = (0..3)
+            .map(|_| {
+                let rows: Vec<SpanRow> = (0..SORT_CHUNK_ROWS)
+                    .map(|_| {
+                        let mut t = [0u8; 16];
+                        t[..8].copy_from_slice(&next().to_be_bytes());
+                        SpanRow {
+                            trace_id: TraceId(t),
+                            span_id: SpanId((next() | 1).to_be_bytes()),
+                            start_time_unix_nano: (next() % 1_000) as i64,
+                            service_name: "svc".into(),
+                            name: "op".into(),
+                            kind: "client".into(),
+                            status_code: "ok".into(),
+                            ..Default::default()
+                        }
+                    })
+                    .collect();
+                spans_batch(&rows).unwrap()
+            })
+            .collect();
+        let got = decoded(&many);
+        let ids = got
+            .column_by_name("trace_id")
+            .unwrap()
+            .as_fixed_size_binary();
+        assert_eq!(ids.len(), 3 * SORT_CHUNK_ROWS);
+        assert!((1..ids.len()).all(|i| ids.value(i - 1) <= ids.value(i)));
+        let entry = file_entry(Table::Spans, &many, "f".into(), 1, 0);
+        assert_eq!(entry.rows, 3 * SORT_CHUNK_ROWS as u64);
+        assert_eq!(entry.min_trace_id.unwrap(), hex_of(ids.value(0)));
         assert_eq!(
-            sort_for_segment(Table::Spans, &batches[1..3]).unwrap(),
-            batches[2]
+            entry.max_trace_id.unwrap(),
+            hex_of(ids.value(ids.len() - 1))
         );
     }
 }

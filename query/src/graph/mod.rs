@@ -554,10 +554,10 @@ impl<'a> Builder<'a> {
                 (&mut have.version, n.version),
                 (&mut have.service, n.service),
             ] {
-                if let Some(new) = new {
-                    if have.as_ref().is_none_or(|h| new < *h) {
-                        *have = Some(new);
-                    }
+                if let Some(new) = new
+                    && have.as_ref().is_none_or(|h| new < *h)
+                {
+                    *have = Some(new);
                 }
             }
         }

@@ -368,7 +368,7 @@ impl Tiered {
 
 /// Interns label values so a million rows of one edge share one allocation per value.
 #[derive(Default)]
-pub struct Interner(HashSet<Arc<str>>);
+pub struct Interner(FastSet<Arc<str>>);
 
 impl Interner {
     pub fn get(&mut self, s: &str) -> Arc<str> {

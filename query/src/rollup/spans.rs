@@ -6,7 +6,9 @@
 //! the same rules. A client span left unpaired for `PAIR_WAIT` becomes a source-reported call
 //! to the service its `upstream_cluster` names; an unpaired server span a call from `unknown`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -15,7 +17,7 @@ use meshscope_schemas::envoy::IstioCluster;
 use meshscope_schemas::table::spans as sp;
 
 use super::RollupState;
-use super::edges::{EdgeAgg, EdgeKey, LABEL_COUNT, UNKNOWN};
+use super::edges::{EdgeAgg, EdgeKey, FastMap, LABEL_COUNT, UNKNOWN};
 
 /// How long a span waits for its other half.
 pub const PAIR_WAIT: Duration = Duration::from_secs(10);
@@ -113,6 +115,9 @@ pub(super) fn fold_spans(
     let now = Instant::now();
     let mut n = 0;
     let name_col = s(sp::NAME);
+    // The batch's span metrics, grouped on borrowed strings; interned once per group below.
+    let mut metrics: FastMap<(i64, [&str; 4]), EdgeAgg> = FastMap::default();
+    let mut emitted = Emitted::default();
     for row in 0..batch.num_rows() {
         let k = kind.value(row);
         // Tempo-style span metrics: every span, by service, name, kind and status.
@@ -133,18 +138,17 @@ pub(super) fn fold_spans(
                 "internal" => "SPAN_KIND_INTERNAL",
                 _ => "SPAN_KIND_UNSPECIFIED",
             };
-            let key = SpanMetricKey([
-                st.interner.get(service.value(row)),
-                st.interner.get(name_col.map_or("", |c| c.value(row))),
-                st.interner.get(span_kind),
-                st.interner.get(status),
-            ]);
-            st.span_metrics
-                .entry(bucket)
-                .or_default()
-                .entry(key)
-                .or_default()
-                .add(dur.value(row).max(0) as f64 / 1e6, 0, 0);
+            let labels = [
+                service.value(row),
+                name_col.map_or("", |c| c.value(row)),
+                span_kind,
+                status,
+            ];
+            metrics.entry((bucket, labels)).or_default().add(
+                dur.value(row).max(0) as f64 / 1e6,
+                0,
+                0,
+            );
         }
         if k != "client" && k != "server" {
             continue;
@@ -184,7 +188,7 @@ pub(super) fn fold_spans(
                 continue;
             };
             match st.spans.servers.remove(&(tid, sid)) {
-                Some((_, server)) => emit_pair(st, &side, &server, res),
+                Some((_, server)) => emit_pair(st, &mut emitted, &side, &server, res),
                 None => {
                     st.spans.clients.insert((tid, sid), (now, side));
                 }
@@ -192,18 +196,50 @@ pub(super) fn fold_spans(
         } else {
             match fixed::<8>(parent, row) {
                 Some(pid) => match st.spans.clients.remove(&(tid, pid)) {
-                    Some((_, client)) => emit_pair(st, &client, &side, res),
+                    Some((_, client)) => emit_pair(st, &mut emitted, &client, &side, res),
                     None => {
                         st.spans.servers.insert((tid, pid), (now, side));
                     }
                 },
                 // A root server span: the caller has no tracer (ingress, a test client).
-                None => emit(st, None, Some(&side), &side, "destination", res),
+                None => emit(
+                    st,
+                    &mut emitted,
+                    None,
+                    Some(&side),
+                    &side,
+                    "destination",
+                    res,
+                ),
             }
         }
     }
+    for ((bucket, labels), agg) in metrics {
+        let key = SpanMetricKey(labels.map(|l| st.interner.get(l)));
+        st.span_metrics
+            .entry(bucket)
+            .or_default()
+            .entry(key)
+            .or_default()
+            .merge(&agg);
+    }
+    emitted.commit(st, res);
     settle(st, res, now, false);
     n
+}
+
+/// Edge rows emitted by one fold, grouped by bucket and label set (interned label pointers),
+/// so the rollups take one merge per group instead of one per span.
+#[derive(Default)]
+struct Emitted(FastMap<(i64, [usize; LABEL_COUNT]), (EdgeKey, EdgeAgg)>);
+
+impl Emitted {
+    fn commit(self, st: &mut RollupState, res: i64) {
+        for ((bucket, _), (key, agg)) in self.0 {
+            let id = st.keys.id(key);
+            st.span_edges.add(res.max(1), bucket, id, &agg);
+        }
+    }
 }
 
 /// Settles spans that waited too long (or all of them, `all`), unpaired.
@@ -241,47 +277,59 @@ pub(super) fn settle(st: &mut RollupState, res: i64, now: Instant, all: bool) {
             }
         }
     }
+    let mut emitted = Emitted::default();
     for c in late_clients {
-        emit(st, Some(&c), None, &c, "source", res);
+        emit(st, &mut emitted, Some(&c), None, &c, "source", res);
     }
     for s in late_servers {
-        emit(st, None, Some(&s), &s, "destination", res);
+        emit(st, &mut emitted, None, Some(&s), &s, "destination", res);
     }
+    emitted.commit(st, res);
 }
 
-fn emit_pair(st: &mut RollupState, client: &Side, server: &Side, res: i64) {
-    emit(st, Some(client), Some(server), client, "source", res);
-    emit(st, Some(client), Some(server), server, "destination", res);
+fn emit_pair(st: &mut RollupState, out: &mut Emitted, client: &Side, server: &Side, res: i64) {
+    emit(st, out, Some(client), Some(server), client, "source", res);
+    emit(
+        st,
+        out,
+        Some(client),
+        Some(server),
+        server,
+        "destination",
+        res,
+    );
 }
 
 /// One side's row of the call `client → server` (either may be unknown).
 fn emit(
     st: &mut RollupState,
+    out: &mut Emitted,
     client: Option<&Side>,
     server: Option<&Side>,
     measured: &Side,
     reporter: &str,
     res: i64,
 ) {
-    let u = |o: Option<&str>| o.unwrap_or(UNKNOWN).to_string();
+    fn u(o: Option<&str>) -> &str {
+        o.unwrap_or(UNKNOWN)
+    }
     let src = client.map(|c| c.service.as_str());
     let src_ns = client.and_then(|c| c.namespace.as_deref());
     let dst = server.map(|s| s.service.as_str());
     let dst_ns = server.and_then(|s| s.namespace.as_deref());
-    let host = client.and_then(|c| c.host.clone()).or_else(|| {
-        dst.map(|d| match dst_ns {
-            Some(ns) => format!("{d}.{ns}.svc.cluster.local"),
-            None => d.to_string(),
-        })
-    });
-    let Some(host) = host else {
-        return;
+    let host: Cow<str> = match (client.and_then(|c| c.host.as_deref()), dst) {
+        (Some(h), _) => Cow::Borrowed(h),
+        (None, Some(d)) => match dst_ns {
+            Some(ns) => Cow::Owned(format!("{d}.{ns}.svc.cluster.local")),
+            None => Cow::Borrowed(d),
+        },
+        (None, None) => return,
     };
-    let host_name = host.split('.').next().unwrap_or(&host).to_string();
-    let host_ns = super::edges::service_namespace(&host)
+    let host = host.as_ref();
+    let host_name = host.split('.').next().unwrap_or(host);
+    let host_ns = super::edges::service_namespace(host)
         .filter(|_| host.contains(".svc."))
-        .map(str::to_string)
-        .or(dst_ns.map(str::to_string));
+        .or(dst_ns);
     let code = if measured.code != 0 {
         measured.code
     } else if measured.error {
@@ -290,32 +338,37 @@ fn emit(
         200
     };
     let flags = client
-        .and_then(|c| c.flags.clone())
-        .or_else(|| server.and_then(|s| s.flags.clone()))
-        .unwrap_or_else(|| "-".into());
-    let labels: [String; LABEL_COUNT] = [
-        reporter.to_string(),
+        .and_then(|c| c.flags.as_deref())
+        .or_else(|| server.and_then(|s| s.flags.as_deref()))
+        .unwrap_or("-");
+    let code = code.to_string();
+    let labels: [&str; LABEL_COUNT] = [
+        reporter,
         u(src),
         u(src_ns),
         u(src),
-        UNKNOWN.into(),
+        UNKNOWN,
         u(src),
         u(dst),
         u(dst_ns),
         u(dst),
-        UNKNOWN.into(),
+        UNKNOWN,
         u(dst),
-        host.clone(),
+        host,
         host_name,
-        u(host_ns.as_deref()),
-        measured.protocol.to_string(),
-        code.to_string(),
+        u(host_ns),
+        measured.protocol,
+        &code,
         flags,
     ];
     let secs = measured.time_ns.div_euclid(1_000_000_000);
     let bucket = secs - secs.rem_euclid(res.max(1));
-    let id = st.keys.id(EdgeKey(labels.map(|l| st.interner.get(&l))));
-    let mut agg = EdgeAgg::default();
-    agg.add(measured.duration_ms, 0, 0);
-    st.span_edges.add(res.max(1), bucket, id, &agg);
+    let arcs = labels.map(|l| st.interner.get(l));
+    // Interned, so equal labels are the same allocation.
+    let ptrs = std::array::from_fn(|i| Arc::as_ptr(&arcs[i]) as *const u8 as usize);
+    out.0
+        .entry((bucket, ptrs))
+        .or_insert_with(|| (EdgeKey(arcs), EdgeAgg::default()))
+        .1
+        .add(measured.duration_ms, 0, 0);
 }
