@@ -194,7 +194,7 @@ impl Decoder for TracesCodec {
         }
         // The message is one contiguous buffer: taking it copies nothing.
         let body = src.copy_to_bytes(src.remaining());
-        ingest::decode_traces_protobuf(&body)
+        ingest::decode_traces_protobuf(body)
             .map(Some)
             // Worded as tonic's prost codec words it (`refused_message` counts it).
             .map_err(|e| Status::internal(e.to_string()))

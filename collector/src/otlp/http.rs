@@ -108,7 +108,7 @@ async fn traces(State(state): State<OtlpState>, headers: HeaderMap, body: Body) 
         Err(e) => return error_response(&state, None, &e),
     };
     // Protobuf goes straight into Arrow where it can (`ingest::decode_traces_protobuf`).
-    let decode = |enc: Encoding, bytes: &[u8]| match enc {
+    let decode = |enc: Encoding, bytes: Bytes| match enc {
         Encoding::Protobuf => {
             ingest::decode_traces_protobuf(bytes).map_err(|e| OtlpError::Decode {
                 what: "traces",
@@ -116,7 +116,7 @@ async fn traces(State(state): State<OtlpState>, headers: HeaderMap, body: Body) 
                 reason: e.to_string(),
             })
         }
-        Encoding::Json => decode::<ExportTraceServiceRequest>(enc, "traces", bytes)
+        Encoding::Json => decode::<ExportTraceServiceRequest>(enc, "traces", &bytes)
             .map(ingest::DecodedTraces::Request),
     };
     let req = match read_request(&state, enc, &headers, body, decode).await {
@@ -137,7 +137,7 @@ async fn logs(State(state): State<OtlpState>, headers: HeaderMap, body: Body) ->
         Ok(e) => e,
         Err(e) => return error_response(&state, None, &e),
     };
-    let decode = |enc, bytes: &[u8]| decode::<ExportLogsServiceRequest>(enc, "logs", bytes);
+    let decode = |enc, bytes: Bytes| decode::<ExportLogsServiceRequest>(enc, "logs", &bytes);
     let req = match read_request(&state, enc, &headers, body, decode).await {
         Ok(r) => r,
         Err(e) => return error_response(&state, Some(enc), &e),
@@ -158,7 +158,7 @@ async fn read_request<T: Send + 'static>(
     enc: Encoding,
     headers: &HeaderMap,
     body: Body,
-    decode: fn(Encoding, &[u8]) -> Result<T, OtlpError>,
+    decode: fn(Encoding, Bytes) -> Result<T, OtlpError>,
 ) -> Result<T, OtlpError> {
     let limit = state.limits.max_body_bytes;
     let gzip = match headers
@@ -184,7 +184,7 @@ async fn read_request<T: Send + 'static>(
             decompressed: false,
         });
     }
-    let raw = read_body(body, limit).await?;
+    let raw = read_body(body, limit, declared).await?;
     // The body is read (a client still sending would see a reset, not the 429), but a
     // request storage would refuse is not decoded.
     ingest::admit(state)?;
@@ -192,9 +192,9 @@ async fn read_request<T: Send + 'static>(
     let work = move || -> Result<T, OtlpError> {
         if gzip {
             let plain = gunzip_capped(&raw, limit)?;
-            decode(enc, &plain)
+            decode(enc, Bytes::from(plain))
         } else {
-            decode(enc, &raw)
+            decode(enc, raw)
         }
     };
     // Inflating and decoding a large body takes milliseconds: keep it off the async workers.
@@ -207,16 +207,31 @@ async fn read_request<T: Send + 'static>(
     }
 }
 
-/// Collects the body, failing as soon as it passes `limit` bytes.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, OtlpError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(OtlpError::TooLarge {
-            limit,
-            decompressed: false,
-        }),
-        Err(e) => Err(OtlpError::Body(e.to_string())),
+/// Collects the body, failing as soon as it passes `limit` bytes. With a declared length
+/// (at most `limit`, checked by the caller) the buffer is allocated once at that size.
+async fn read_body(body: Body, limit: usize, declared: Option<u64>) -> Result<Bytes, OtlpError> {
+    let fail = |e: axum::BoxError| {
+        if e.downcast_ref::<LengthLimitError>().is_some() {
+            OtlpError::TooLarge {
+                limit,
+                decompressed: false,
+            }
+        } else {
+            OtlpError::Body(e.to_string())
+        }
+    };
+    let mut body = Limited::new(body, limit);
+    let mut out: Vec<u8> = Vec::with_capacity(declared.unwrap_or(0).min(limit as u64) as usize);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.map_err(fail)?.into_data() {
+            // A single frame holding the whole body is passed on without a copy.
+            if out.is_empty() && data.len() as u64 == declared.unwrap_or(u64::MAX) {
+                return Ok(data);
+            }
+            out.extend_from_slice(&data);
+        }
     }
+    Ok(Bytes::from(out))
 }
 
 /// Decompresses gzip (all members, as RFC 1952 allows) into at most `limit` bytes: the output

@@ -1,6 +1,7 @@
 //! The path both transports share once a request is decoded: convert to rows, build one Arrow
 //! batch, append it to the store (which returns once the rows are durable), and count.
 
+use bytes::Bytes;
 use meshscope_schemas::Table;
 use meshscope_schemas::rows::{requests_batch, spans_batch};
 use opentelemetry_proto::tonic::collector::logs::v1::{
@@ -104,17 +105,18 @@ pub async fn export_traces(
 
 /// A decoded trace export, ready to store.
 pub enum DecodedTraces {
-    /// Read straight into Arrow from protobuf (`wire`).
-    Batch(DecodedSpans),
+    /// Read straight into Arrow from protobuf (`wire`), with the request (decompressed), which
+    /// the WAL logs instead of the rows.
+    Batch(DecodedSpans, Bytes),
     /// Decoded into prost structs (OTLP/JSON, or protobuf `wire` left to prost).
     Request(ExportTraceServiceRequest),
 }
 
 /// Decodes a protobuf trace export, straight into Arrow where `wire` can, else with prost.
 /// The error is prost's, so callers word it as they always have.
-pub fn decode_traces_protobuf(body: &[u8]) -> Result<DecodedTraces, prost::DecodeError> {
-    match spans_from_protobuf(body) {
-        Ok(Ok(decoded)) => Ok(DecodedTraces::Batch(decoded)),
+pub fn decode_traces_protobuf(body: Bytes) -> Result<DecodedTraces, prost::DecodeError> {
+    match spans_from_protobuf(&body) {
+        Ok(Ok(decoded)) => Ok(DecodedTraces::Batch(decoded, body)),
         // The builder refusing its own columns would be a bug in `wire`; prost's path is
         // the one to trust then.
         Ok(Err(_)) | Err(_) => ExportTraceServiceRequest::decode(body).map(DecodedTraces::Request),
@@ -126,9 +128,9 @@ pub async fn store_traces(
     state: &OtlpState,
     decoded: DecodedTraces,
 ) -> Result<ExportOutcome, OtlpError> {
-    let d = match decoded {
+    let (d, request) = match decoded {
         DecodedTraces::Request(req) => return export_traces(state, req).await,
-        DecodedTraces::Batch(d) => d,
+        DecodedTraces::Batch(d, request) => (d, request),
     };
     if let Some(first) = d.rejected.first() {
         tracing::debug!(rejected = d.rejected.len(), first = %first, "OTLP spans rejected");
@@ -137,7 +139,10 @@ pub async fn store_traces(
     OtlpStats::add(&s.spans_received, d.rows + d.rejected.len());
     OtlpStats::add(&s.spans_rejected, d.rejected.len());
     if d.rows > 0 {
-        append(state, Table::Spans, d.batch).await?;
+        throttled(
+            state,
+            state.store.append_otlp_traces(d.batch, request).await,
+        )?;
         OtlpStats::add(&s.spans_stored, d.rows);
     }
     Ok(ExportOutcome {
@@ -196,7 +201,12 @@ async fn append(
     table: Table,
     batch: arrow::array::RecordBatch,
 ) -> Result<(), OtlpError> {
-    match state.store.append(table, batch).await {
+    throttled(state, state.store.append(table, batch).await)
+}
+
+/// An append's outcome, an overload counted as throttled.
+fn throttled<T>(state: &OtlpState, r: Result<T, StoreError>) -> Result<(), OtlpError> {
+    match r {
         Ok(_) => Ok(()),
         Err(e) => {
             if matches!(e, StoreError::Overloaded(..)) {

@@ -11,6 +11,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Int32Type, Int64Type};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use bytes::Bytes;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use http_body_util::BodyExt;
@@ -950,4 +951,59 @@ async fn grpc_back_pressure_is_unavailable_with_retry_info() {
     assert_eq!(retry.retry_delay, Some(Duration::from_secs(1)));
     assert_eq!(st.stats.snapshot().requests_throttled, 1);
     server.stop().await;
+}
+
+#[tokio::test]
+async fn a_logged_trace_export_replays_into_the_same_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Spans in two hours and one invalid span (end before start), which is not stored.
+    let hour = 3_600_000_000_000u64;
+    let t0 = now_ns() / hour * hour - hour;
+    let mut bad = envoy_span(9, t0 + 50);
+    bad.end_time_unix_nano = t0;
+    let spans = vec![
+        envoy_span(1, t0 + 10),
+        bad,
+        envoy_span(2, t0 + hour - 1),
+        envoy_span(3, t0 + hour + 7),
+    ];
+    let body = Bytes::from(trace_request(spans).encode_to_vec());
+    let before = {
+        let st = state(dir.path()).await;
+        let decoded = ingest::decode_traces_protobuf(body.clone()).expect("decodes");
+        assert!(matches!(decoded, ingest::DecodedTraces::Batch(..)));
+        let outcome = ingest::store_traces(&st, decoded).await.expect("stored");
+        assert_eq!((outcome.stored, outcome.rejected.len()), (3, 1));
+        let before = stored(&st.store, Table::Spans);
+        // Halt as a crash would: the rows are only in the WAL, as the request.
+        st.store.halt().await;
+        before
+    };
+    let wal_dir = dir.path().join("wal");
+    let wal_bytes: usize = crate::storage::wal::list_segments(&wal_dir)
+        .expect("segments")
+        .iter()
+        .map(|&s| {
+            std::fs::metadata(crate::storage::wal::segment_path(&wal_dir, s)).map_or(0, |m| m.len())
+                as usize
+        })
+        .sum();
+    assert_eq!(wal_bytes, 8 + 9 + body.len(), "one record: the request");
+    let store = open_store(dir.path(), 1 << 30).await;
+    let after = stored(&store, Table::Spans);
+    assert_eq!(rows(&after), 3);
+    let all = |b: &[RecordBatch]| {
+        arrow::compute::concat_batches(&Table::Spans.schema(), b).expect("concat")
+    };
+    assert_eq!(all(&after), all(&before));
+    // Replay splits the rows by hour again.
+    assert_eq!(after.len(), 2);
+    assert_eq!(
+        rows(
+            &store
+                .snapshot(Table::Spans, Some((t0 + hour) as i64), None)
+                .batches
+        ),
+        1
+    );
 }

@@ -459,6 +459,26 @@ impl Store {
         table: Table,
         batch: RecordBatch,
     ) -> Result<AppendReceipt, StoreError> {
+        self.append_logged(table, batch, None).await
+    }
+
+    /// Appends the `spans` rows `otlp::wire::spans_from_protobuf` decoded from `request` (an
+    /// OTLP/protobuf trace export, decompressed), logging the request itself in the WAL
+    /// instead of the rows: replay decodes it again.
+    pub async fn append_otlp_traces(
+        &self,
+        batch: RecordBatch,
+        request: Bytes,
+    ) -> Result<AppendReceipt, StoreError> {
+        self.append_logged(Table::Spans, batch, Some(request)).await
+    }
+
+    async fn append_logged(
+        &self,
+        table: Table,
+        batch: RecordBatch,
+        request: Option<Bytes>,
+    ) -> Result<AppendReceipt, StoreError> {
         check_batch(table, &batch)?;
         let rows = batch.num_rows();
         if rows == 0 {
@@ -480,8 +500,13 @@ impl Store {
             })?;
         self.admit()?;
         let mut records = Vec::new();
+        let mut request = request.map(|r| wal::encode_otlp_traces_record(&r));
         for (hour, part) in segment::split_by_hour(table, &batch)? {
-            let bytes = wal::encode_record(table, hour, &part)?;
+            // The request's record carries every hour's rows; the other parts log nothing.
+            let bytes = match &mut request {
+                Some(r) => std::mem::take(r),
+                None => wal::encode_record(table, hour, &part)?,
+            };
             records.push((table, hour, part, bytes));
         }
         let (ack, done) = oneshot::channel();
@@ -1336,13 +1361,14 @@ fn writer_thread(inner: Arc<Inner>, mut rx: mpsc::Receiver<WalMsg>, mut seg: wal
             }
         }
         let mut pending: Pending = Vec::new();
-        let mut buf = Vec::new();
+        // The group's encoded records, written with one vectored write (no concatenation).
+        let mut buf: Vec<Vec<u8>> = Vec::new();
         for msg in group {
             match msg {
                 WalMsg::Append { records, ack } => {
                     let mut recs = Vec::with_capacity(records.len());
                     for (t, h, b, bytes) in records {
-                        buf.extend_from_slice(&bytes);
+                        buf.push(bytes);
                         recs.push((t, h, b));
                     }
                     pending.push((recs, ack));
@@ -1370,16 +1396,23 @@ type Pending = Vec<(
 )>;
 
 /// One group commit: write, fsync (per policy), make visible, acknowledge.
-fn commit(store: &Store, seg: &mut wal::SegmentWriter, buf: &mut Vec<u8>, pending: &mut Pending) {
+fn commit(
+    store: &Store,
+    seg: &mut wal::SegmentWriter,
+    buf: &mut Vec<Vec<u8>>,
+    pending: &mut Pending,
+) {
     if pending.is_empty() {
         return;
     }
     let before = seg.bytes;
     let started = Instant::now();
-    let res = seg.write(buf).and_then(|_| match store.inner.cfg.fsync {
-        FsyncPolicy::Always => seg.sync(),
-        FsyncPolicy::Never => Ok(()),
-    });
+    let res = seg
+        .write_records(buf)
+        .and_then(|_| match store.inner.cfg.fsync {
+            FsyncPolicy::Always => seg.sync(),
+            FsyncPolicy::Never => Ok(()),
+        });
     store
         .inner
         .stats
@@ -1394,7 +1427,7 @@ fn commit(store: &Store, seg: &mut wal::SegmentWriter, buf: &mut Vec<u8>, pendin
         .inner
         .stats
         .wal_bytes
-        .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        .fetch_add(seg.bytes.saturating_sub(before), Ordering::Relaxed);
     buf.clear();
     match res {
         Ok(()) => {

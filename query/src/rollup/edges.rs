@@ -367,17 +367,33 @@ impl Tiered {
 }
 
 /// Interns label values so a million rows of one edge share one allocation per value.
+/// Each value is also numbered, so a fold can group rows on numbers before it builds keys.
 #[derive(Default)]
-pub struct Interner(FastSet<Arc<str>>);
+pub struct Interner {
+    ids: FastMap<Arc<str>, u32>,
+    values: Vec<Arc<str>>,
+}
 
 impl Interner {
     pub fn get(&mut self, s: &str) -> Arc<str> {
-        if let Some(a) = self.0.get(s) {
-            return a.clone();
+        let id = self.id(s);
+        self.value(id).clone()
+    }
+
+    /// The number of `s`, interning it if new.
+    pub fn id(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.ids.get(s) {
+            return id;
         }
+        let id = self.values.len() as u32;
         let a: Arc<str> = Arc::from(s);
-        self.0.insert(a.clone());
-        a
+        self.values.push(a.clone());
+        self.ids.insert(a, id);
+        id
+    }
+
+    pub fn value(&self, id: u32) -> &Arc<str> {
+        &self.values[id as usize]
     }
 }
 

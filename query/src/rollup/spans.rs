@@ -7,8 +7,6 @@
 //! to the service its `upstream_cluster` names; an unpaired server span a call from `unknown`.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -48,8 +46,8 @@ pub const SPAN_METRIC_LABELS: [&str; 4] = ["service", "span_name", "span_kind", 
 
 #[derive(Default)]
 pub struct SpanPairer {
-    clients: HashMap<Key, (Instant, Side)>,
-    servers: HashMap<Key, (Instant, Side)>,
+    clients: FastMap<Key, (Instant, Side)>,
+    servers: FastMap<Key, (Instant, Side)>,
 }
 
 impl SpanPairer {
@@ -228,14 +226,15 @@ pub(super) fn fold_spans(
     n
 }
 
-/// Edge rows emitted by one fold, grouped by bucket and label set (interned label pointers),
+/// Edge rows emitted by one fold, grouped by bucket and label set (interned label numbers),
 /// so the rollups take one merge per group instead of one per span.
 #[derive(Default)]
-struct Emitted(FastMap<(i64, [usize; LABEL_COUNT]), (EdgeKey, EdgeAgg)>);
+struct Emitted(FastMap<(i64, [u32; LABEL_COUNT]), EdgeAgg>);
 
 impl Emitted {
     fn commit(self, st: &mut RollupState, res: i64) {
-        for ((bucket, _), (key, agg)) in self.0 {
+        for ((bucket, labels), agg) in self.0 {
+            let key = EdgeKey(labels.map(|l| st.interner.value(l).clone()));
             let id = st.keys.id(key);
             st.span_edges.add(res.max(1), bucket, id, &agg);
         }
@@ -363,12 +362,9 @@ fn emit(
     ];
     let secs = measured.time_ns.div_euclid(1_000_000_000);
     let bucket = secs - secs.rem_euclid(res.max(1));
-    let arcs = labels.map(|l| st.interner.get(l));
-    // Interned, so equal labels are the same allocation.
-    let ptrs = std::array::from_fn(|i| Arc::as_ptr(&arcs[i]) as *const u8 as usize);
+    let labels = labels.map(|l| st.interner.id(l));
     out.0
-        .entry((bucket, ptrs))
-        .or_insert_with(|| (EdgeKey(arcs), EdgeAgg::default()))
-        .1
+        .entry((bucket, labels))
+        .or_default()
         .add(measured.duration_ms, 0, 0);
 }
