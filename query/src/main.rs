@@ -9,10 +9,11 @@ use meshscope_query::server;
 use meshscope_query::sql::{QueryEngine, SqlLimits, batches_to_json};
 
 /// mimalloc instead of glibc's malloc: parsing builds rows of many small strings, and
-/// mimalloc makes access-log parsing about 1.5× faster (README, Benchmarks). Built with
-/// `no_thp`: mimalloc otherwise asks for transparent huge pages, and the kernel then zeroes
-/// 2 MiB at every fault on memory that flushes allocate and free again; that cost a quarter
-/// of the CPU of OTLP ingest (HTTP: 100k → 124k spans per CPU-second).
+/// mimalloc makes access-log parsing about 1.5× faster (README, Benchmarks). mimalloc asks
+/// for transparent huge pages; that is kept on purpose. Without them (the `no_thp` feature)
+/// OTLP ingest spends less time in the kernel zeroing 2 MiB pages, but the 10k-edge graph
+/// and Prometheus panels, which chase pointers through a gigabyte of rollups, get 7–20%
+/// slower from TLB misses (README, Benchmarks).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
