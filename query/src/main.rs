@@ -9,11 +9,12 @@ use meshscope_query::server;
 use meshscope_query::sql::{QueryEngine, SqlLimits, batches_to_json};
 
 /// mimalloc instead of glibc's malloc: parsing builds rows of many small strings, and
-/// mimalloc makes access-log parsing about 1.5× faster (README, Benchmarks). mimalloc asks
-/// for transparent huge pages; that is kept on purpose. Without them (the `no_thp` feature)
-/// OTLP ingest spends less time in the kernel zeroing 2 MiB pages, but the 10k-edge graph
-/// and Prometheus panels, which chase pointers through a gigabyte of rollups, get 7–20%
-/// slower from TLB misses (README, Benchmarks).
+/// mimalloc makes access-log parsing about 1.5× faster (README, Benchmarks). Built with
+/// `no_thp`: with transparent huge pages the kernel zeroes 2 MiB at each fault on memory the
+/// ingest path allocates and frees again, a quarter of OTLP ingest CPU at worst (measured
+/// 0.83× / 0.66× of Rotel with them, 0.84–0.96× / 0.74–0.79× without), and RSS is ~10%
+/// higher. The price: the 10k-edge graph and Prometheus panels, which chase pointers through
+/// a gigabyte of rollups, are 6–20% slower from TLB misses (README, Benchmarks).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
