@@ -988,7 +988,8 @@ async fn a_logged_trace_export_replays_into_the_same_rows() {
                 as usize
         })
         .sum();
-    assert_eq!(wal_bytes, 8 + 9 + body.len(), "one record: the request");
+    let record = crate::storage::wal::encode_otlp_traces_record(&body);
+    assert_eq!(wal_bytes, record.len(), "one record: the request");
     let store = open_store(dir.path(), 1 << 30).await;
     let after = stored(&store, Table::Spans);
     assert_eq!(rows(&after), 3);
