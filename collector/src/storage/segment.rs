@@ -66,9 +66,9 @@ fn segment_order(
     Ok(order.values().iter().map(|&i| at[i as usize]).collect())
 }
 
-/// Encodes a table's batches as one Parquet file (compaction `level`, 0 for a flush) in segment order (`segment_order`). The rows
-/// are copied once, from the batches straight into sorted chunks of `SORT_CHUNK_ROWS` that the
-/// writer encodes one after the other.
+/// Encodes a table's batches as one Parquet file (compaction `level`, 0 for a flush) in
+/// segment order (`segment_order`). The rows are copied once, from the batches straight into
+/// sorted chunks of `SORT_CHUNK_ROWS` that the writer encodes one after the other.
 pub fn encode_sorted_parquet(
     table: Table,
     batches: &[RecordBatch],
@@ -83,7 +83,12 @@ pub fn encode_sorted_parquet(
         table.schema(),
         Some(writer_properties(table, rows, level)),
     )?;
-    for chunk in segment_order(table, &batches)?.chunks(SORT_CHUNK_ROWS) {
+    let order = if rows == 0 {
+        Vec::new()
+    } else {
+        segment_order(table, &batches)?
+    };
+    for chunk in order.chunks(SORT_CHUNK_ROWS) {
         w.write(&interleave_record_batch(&batches, chunk)?)?;
     }
     w.close()?;
@@ -316,6 +321,7 @@ mod tests {
         assert_eq!(got.num_rows(), 358);
         assert_eq!(got, want);
         assert_eq!(decoded(&batches[1..3]), batches[2]);
+        assert_eq!(decoded(&batches[1..2]).num_rows(), 0);
         // More rows than one sorted chunk: chunks follow each other in order.
         let many: Vec<RecordBatch> = (0..3)
             .map(|_| {
