@@ -9,12 +9,13 @@ use meshscope_query::server;
 use meshscope_query::sql::{QueryEngine, SqlLimits, batches_to_json};
 
 /// mimalloc instead of glibc's malloc: parsing builds rows of many small strings, and
-/// mimalloc makes access-log parsing about 1.5× faster (README, Benchmarks). Built with
-/// `no_thp`: with transparent huge pages the kernel zeroes 2 MiB at each fault on memory the
-/// ingest path allocates and frees again, a quarter of OTLP ingest CPU at worst (measured
-/// 0.83× / 0.66× of Rotel with them, 0.84–0.96× / 0.74–0.79× without), and RSS is ~10%
-/// higher. The price: the 10k-edge graph and Prometheus panels, which chase pointers through
-/// a gigabyte of rollups, are 6–20% slower from TLB misses (README, Benchmarks).
+/// mimalloc makes access-log parsing about 1.5× faster (README, Benchmarks). mimalloc asks
+/// for transparent huge pages, and that is kept on purpose (session 11 tried its `no_thp`
+/// feature). Without them, OTLP ingest spent less CPU: the kernel zeroes 2 MiB at each fault
+/// on memory the ingest path allocates and frees again (0.95× / 0.84× of Rotel without,
+/// 0.83× / 0.66× with). But every query that chases pointers through gigabytes (the 10k-edge
+/// graph, Prometheus panels, trace and request-id lookups) got 6–37% slower from TLB misses,
+/// and the request-id lookup went over its 50 ms goal.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
