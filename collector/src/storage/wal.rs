@@ -10,9 +10,10 @@
 //!
 //! A `spans` record whose tag has bit 6 set ([`OTLP_TRACES`]) holds instead the OTLP/protobuf
 //! `ExportTraceServiceRequest` its rows were decoded from, exactly as received (after
-//! decompression), as one LZ4 block with its size prepended; its hour field is unused. Replay decodes it again with the same
-//! decoder (`otlp::wire`, which has no clock or state, so it gives the same rows) and splits
-//! the rows by hour. This saves encoding the rows as Arrow IPC (about 5% of OTLP ingest CPU).
+//! decompression), as one LZ4 block with its size prepended; its hour field is unused.
+//! Replay decodes it again with the same decoder (`otlp::wire`, which has no clock or state,
+//! so it gives the same rows) and splits the rows by hour. This saves encoding the rows as
+//! Arrow IPC (about 5% of OTLP ingest CPU).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IoSlice, Read, Write};
@@ -75,33 +76,30 @@ pub fn encode_record(table: Table, hour: i64, batch: &RecordBatch) -> Result<Vec
         w.write(batch)?;
         w.finish()?;
     }
-    let compressed = lz4_flex::block::compress_prepend_size(&ipc);
-    let mut payload = Vec::with_capacity(9 + compressed.len());
-    payload.push(table.tag() | WHOLE_LZ4);
-    payload.extend_from_slice(&hour.to_le_bytes());
-    payload.extend_from_slice(&compressed);
-    let mut out = Vec::with_capacity(payload.len() + HEADER);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
-    Ok(out)
+    Ok(frame(table.tag() | WHOLE_LZ4, hour, &ipc))
+}
+
+/// One record: header, then the payload `tag | hour | body`, `body` compressed as one LZ4
+/// block with its size prepended.
+fn frame(tag: u8, hour: i64, body: &[u8]) -> Vec<u8> {
+    let compressed = lz4_flex::block::compress_prepend_size(body);
+    let len = 9 + compressed.len();
+    let mut out = Vec::with_capacity(HEADER + len);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.push(tag);
+    out.extend_from_slice(&hour.to_le_bytes());
+    out.extend_from_slice(&compressed);
+    let crc = crc32fast::hash(&out[HEADER..]);
+    out[4..8].copy_from_slice(&crc.to_le_bytes());
+    out
 }
 
 /// Encodes one `spans` record holding the OTLP/protobuf trace export `request` (header
 /// included). Replay decodes it into the rows `otlp::wire::spans_from_protobuf` gives.
 pub fn encode_otlp_traces_record(request: &[u8]) -> Vec<u8> {
     // LZ4 as for rows: an Envoy span's protobuf is ~920 bytes, 4× the rows' LZ4 block.
-    let compressed = lz4_flex::block::compress_prepend_size(request);
-    let len = 9 + compressed.len();
-    let mut out = Vec::with_capacity(HEADER + len);
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.push(Table::Spans.tag() | OTLP_TRACES);
-    out.extend_from_slice(&0i64.to_le_bytes());
-    out.extend_from_slice(&compressed);
-    let crc = crc32fast::hash(&out[HEADER..]);
-    out[4..8].copy_from_slice(&crc.to_le_bytes());
-    out
+    frame(Table::Spans.tag() | OTLP_TRACES, 0, request)
 }
 
 fn decode_payload(payload: &[u8]) -> Result<Vec<WalRecord>, String> {
