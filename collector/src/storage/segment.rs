@@ -279,16 +279,14 @@ mod tests {
             rng ^= rng << 17;
             rng
         };
-        // Few trace ids, so ties on the trace id are broken by the start time; an empty batch.
-        let batches: Vec<RecordBatch> = [40usize, 0, 1, 300, 17]
-            .iter()
-            .map(|&n| {
-                let rows: Vec<SpanRow> = (0..n)
-                    .map(|_| {
-                        let mut t = [0u8; 16];
-                        t[15] = 1 + (next() % 9) as u8;
-                        SpanRow {
-                            trace_id: TraceId(t),
+        // Batches of `sizes` spans, each trace id made by `trace` from a random number.
+        let mut batches_of = |sizes: &[usize], trace: fn(u64) -> [u8; 16]| -> Vec<RecordBatch> {
+            sizes
+                .iter()
+                .map(|&n| {
+                    let rows: Vec<SpanRow> = (0..n)
+                        .map(|_| SpanRow {
+                            trace_id: TraceId(trace(next())),
                             span_id: SpanId((next() | 1).to_be_bytes()),
                             start_time_unix_nano: (next() % 1_000) as i64,
                             service_name: format!("svc-{}", next() % 5),
@@ -296,12 +294,18 @@ mod tests {
                             kind: "server".into(),
                             status_code: "unset".into(),
                             ..Default::default()
-                        }
-                    })
-                    .collect();
-                spans_batch(&rows).unwrap()
-            })
-            .collect();
+                        })
+                        .collect();
+                    spans_batch(&rows).unwrap()
+                })
+                .collect()
+        };
+        // Few trace ids, so ties on the trace id are broken by the start time; an empty batch.
+        let batches = batches_of(&[40, 0, 1, 300, 17], |r| {
+            let mut t = [0u8; 16];
+            t[15] = 1 + (r % 9) as u8;
+            t
+        });
         let decoded = |batches: &[RecordBatch]| {
             let bytes = encode_sorted_parquet(Table::Spans, batches, 0).unwrap();
             let parts = decode_parquet(Bytes::from(bytes)).unwrap();
@@ -323,27 +327,11 @@ mod tests {
         assert_eq!(decoded(&batches[1..3]), batches[2]);
         assert_eq!(decoded(&batches[1..2]).num_rows(), 0);
         // More rows than one sorted chunk: chunks follow each other in order.
-        let many: Vec<RecordBatch> = (0..3)
-            .map(|_| {
-                let rows: Vec<SpanRow> = (0..SORT_CHUNK_ROWS)
-                    .map(|_| {
-                        let mut t = [0u8; 16];
-                        t[..8].copy_from_slice(&next().to_be_bytes());
-                        SpanRow {
-                            trace_id: TraceId(t),
-                            span_id: SpanId((next() | 1).to_be_bytes()),
-                            start_time_unix_nano: (next() % 1_000) as i64,
-                            service_name: "svc".into(),
-                            name: "op".into(),
-                            kind: "client".into(),
-                            status_code: "ok".into(),
-                            ..Default::default()
-                        }
-                    })
-                    .collect();
-                spans_batch(&rows).unwrap()
-            })
-            .collect();
+        let many = batches_of(&[SORT_CHUNK_ROWS; 3], |r| {
+            let mut t = [0u8; 16];
+            t[..8].copy_from_slice(&r.to_be_bytes());
+            t
+        });
         let got = decoded(&many);
         let ids = got
             .column_by_name("trace_id")
