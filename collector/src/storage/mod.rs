@@ -279,6 +279,8 @@ impl State {
 enum WalMsg {
     Append {
         records: Vec<(Table, i64, RecordBatch, Vec<u8>)>,
+        /// Source positions logged in the first record; known once it is written.
+        positions: wal::Positions,
         ack: oneshot::Sender<Result<u64, String>>,
     },
     Rotate {
@@ -304,6 +306,8 @@ struct Inner {
     lock_file: Mutex<Option<File>>,
     /// The manifests as they were when the store opened, before any replay or flush.
     manifests_at_open: Mutex<Vec<HourManifest>>,
+    /// Source key → position, as last logged in the WAL (see [`Store::append_at`]).
+    positions: Mutex<BTreeMap<String, String>>,
 }
 
 impl Inner {
@@ -397,6 +401,7 @@ impl Store {
             last_refresh: Mutex::new(None),
             lock_file: Mutex::new(lock_file),
             manifests_at_open: Mutex::new(Vec::new()),
+            positions: Mutex::new(BTreeMap::new()),
         });
         let store = Store { inner };
         store.load_manifests().await?;
@@ -410,8 +415,14 @@ impl Store {
             store.tail_wal(true)?;
             return Ok(store);
         }
-        let next = store.replay_wal()?;
-        let seg = wal::SegmentWriter::create(&store.inner.cfg.wal_dir, next)?;
+        let (next, flushed_segments) = store.replay_wal()?;
+        let mut seg = wal::SegmentWriter::create(&store.inner.cfg.wal_dir, next)?;
+        // The replayed positions go first into the new segment, so the segments replay
+        // found already flushed can go.
+        write_positions_snapshot(&store.inner, &mut seg)?;
+        for path in flushed_segments {
+            let _ = std::fs::remove_file(&path);
+        }
         let (tx, rx) = mpsc::channel(1024);
         let inner = store.inner.clone();
         let handle = std::thread::Builder::new()
@@ -459,7 +470,40 @@ impl Store {
         table: Table,
         batch: RecordBatch,
     ) -> Result<AppendReceipt, StoreError> {
-        self.append_logged(table, batch, None).await
+        self.append_logged(table, batch, None, Vec::new()).await
+    }
+
+    /// Appends a batch read from a source together with where that source stands after it
+    /// (`positions`: source key → position, opaque to the store), in one WAL record: after a
+    /// crash either both are replayed or neither, so the source can resume exactly after
+    /// what was stored. [`Store::positions`] gives them back after a restart.
+    pub async fn append_at(
+        &self,
+        table: Table,
+        batch: RecordBatch,
+        positions: wal::Positions,
+    ) -> Result<AppendReceipt, StoreError> {
+        self.append_logged(table, batch, None, positions).await
+    }
+
+    /// The positions logged with [`Store::append_at`] (replayed from the WAL at open), by
+    /// source key.
+    pub fn positions(&self) -> BTreeMap<String, String> {
+        self.inner
+            .positions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Forgets a source's position (a file no longer followed). Only the memory is changed:
+    /// the next segment's snapshot leaves it out.
+    pub fn forget_position(&self, key: &str) {
+        self.inner
+            .positions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
     }
 
     /// Appends the `spans` rows `otlp::wire::spans_from_protobuf` decoded from `request` (an
@@ -470,7 +514,8 @@ impl Store {
         batch: RecordBatch,
         request: Bytes,
     ) -> Result<AppendReceipt, StoreError> {
-        self.append_logged(Table::Spans, batch, Some(request)).await
+        self.append_logged(Table::Spans, batch, Some(request), Vec::new())
+            .await
     }
 
     async fn append_logged(
@@ -478,6 +523,7 @@ impl Store {
         table: Table,
         batch: RecordBatch,
         request: Option<Bytes>,
+        positions: wal::Positions,
     ) -> Result<AppendReceipt, StoreError> {
         check_batch(table, &batch)?;
         let rows = batch.num_rows();
@@ -503,19 +549,21 @@ impl Store {
         let mut request = request.map(|r| wal::encode_otlp_traces_record(&r));
         for (hour, part) in segment::split_by_hour(table, &batch)? {
             // The request's record carries every hour's rows; the other parts log nothing.
+            // The first part's record carries the positions.
             let bytes = match &mut request {
                 Some(r) => std::mem::take(r),
-                None => wal::encode_record(table, hour, &part)?,
+                None if records.is_empty() => wal::encode_record(table, hour, &part, &positions)?,
+                None => wal::encode_record(table, hour, &part, &[])?,
             };
             records.push((table, hour, part, bytes));
         }
         let (ack, done) = oneshot::channel();
-        match tokio::time::timeout(
-            Duration::from_secs(5),
-            tx.send(WalMsg::Append { records, ack }),
-        )
-        .await
-        {
+        let msg = WalMsg::Append {
+            records,
+            positions,
+            ack,
+        };
+        match tokio::time::timeout(Duration::from_secs(5), tx.send(msg)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(StoreError::Closed),
             Err(_) => {
@@ -797,12 +845,15 @@ impl Store {
 
     // ---- WAL replay and following ----
 
-    /// Replays every WAL segment into the buffer, truncating torn tails. Returns the number of
-    /// the next segment to write.
-    fn replay_wal(&self) -> Result<u64, StoreError> {
+    /// Replays every WAL segment into the buffer and its positions into `positions`,
+    /// truncating torn tails. Returns the number of the next segment to write, and the
+    /// segments whose rows are all flushed (to delete once their positions are written
+    /// again).
+    fn replay_wal(&self) -> Result<(u64, Vec<PathBuf>), StoreError> {
         let dir = self.inner.cfg.wal_dir.clone();
         let segs = wal::list_segments(&dir)?;
         let mut replayed = 0usize;
+        let mut flushed = Vec::new();
         for &seq in &segs {
             let path = wal::segment_path(&dir, seq);
             let read = wal::read_segment(&path, 0)?;
@@ -810,6 +861,11 @@ impl Store {
                 warn!(segment = %path.display(), %why, kept_bytes = read.good_len, "WAL tail is torn or corrupt; truncating it, every record before it is kept");
                 wal::truncate_segment(&path, read.good_len)?;
             }
+            self.inner
+                .positions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(read.positions);
             let mut st = self.state_write();
             let recs: Vec<_> = read
                 .records
@@ -819,8 +875,7 @@ impl Store {
                 .collect();
             replayed += recs.iter().map(|r| r.2.num_rows()).sum::<usize>();
             if recs.is_empty() {
-                drop(st);
-                let _ = std::fs::remove_file(&path);
+                flushed.push(path);
             } else {
                 self.inner.observe(&recs);
                 st.insert(seq, recs);
@@ -833,7 +888,7 @@ impl Store {
                 "replayed the write-ahead log"
             );
         }
-        Ok(segs.last().map_or(1, |s| s + 1))
+        Ok((segs.last().map_or(1, |s| s + 1), flushed))
     }
 
     /// Follower: reads what the writer appended since last time; forgets deleted segments.
@@ -1365,18 +1420,28 @@ fn writer_thread(inner: Arc<Inner>, mut rx: mpsc::Receiver<WalMsg>, mut seg: wal
         let mut buf: Vec<Vec<u8>> = Vec::new();
         for msg in group {
             match msg {
-                WalMsg::Append { records, ack } => {
+                WalMsg::Append {
+                    records,
+                    positions,
+                    ack,
+                } => {
                     let mut recs = Vec::with_capacity(records.len());
                     for (t, h, b, bytes) in records {
                         buf.push(bytes);
                         recs.push((t, h, b));
                     }
-                    pending.push((recs, ack));
+                    pending.push((recs, positions, ack));
                 }
                 WalMsg::Rotate { reply } => {
                     commit(&store, &mut seg, &mut buf, &mut pending);
                     let closed = seg.seq;
+                    // The new segment starts with every position logged so far, so the
+                    // closed one can be deleted once flushed.
                     let res = wal::SegmentWriter::create(&inner.cfg.wal_dir, closed + 1)
+                        .and_then(|mut s| {
+                            write_positions_snapshot(&inner, &mut s)?;
+                            Ok(s)
+                        })
                         .map(|s| {
                             seg = s;
                             closed
@@ -1392,8 +1457,29 @@ fn writer_thread(inner: Arc<Inner>, mut rx: mpsc::Receiver<WalMsg>, mut seg: wal
 
 type Pending = Vec<(
     Vec<(Table, i64, RecordBatch)>,
+    wal::Positions,
     oneshot::Sender<Result<u64, String>>,
 )>;
+
+/// Writes the positions logged so far (if any) as the first record of a new segment, synced
+/// per the fsync policy.
+fn write_positions_snapshot(inner: &Inner, seg: &mut wal::SegmentWriter) -> std::io::Result<()> {
+    let all: wal::Positions = inner
+        .positions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if all.is_empty() {
+        return Ok(());
+    }
+    seg.write_records(&[wal::encode_positions_record(&all)])?;
+    match inner.cfg.fsync {
+        FsyncPolicy::Always => seg.sync(),
+        FsyncPolicy::Never => Ok(()),
+    }
+}
 
 /// One group commit: write, fsync (per policy), make visible, acknowledge.
 fn commit(
@@ -1434,12 +1520,18 @@ fn commit(
             let seq = seg.seq;
             {
                 let mut st = store.state_write();
-                for (recs, _) in pending.iter_mut() {
+                let mut known = store
+                    .inner
+                    .positions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                for (recs, positions, _) in pending.iter_mut() {
                     store.inner.observe(recs);
                     st.insert(seq, std::mem::take(recs));
+                    known.extend(std::mem::take(positions));
                 }
             }
-            for (_, ack) in pending.drain(..) {
+            for (_, _, ack) in pending.drain(..) {
                 let _ = ack.send(Ok(seq));
             }
         }
@@ -1448,7 +1540,7 @@ fn commit(
             let _ = seg.rollback(before);
             let msg = format!("WAL write failed: {e}");
             warn!(%msg);
-            for (_, ack) in pending.drain(..) {
+            for (_, _, ack) in pending.drain(..) {
                 let _ = ack.send(Err(msg.clone()));
             }
         }

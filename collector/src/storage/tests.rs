@@ -69,3 +69,38 @@ async fn append_flush_replay_and_torn_tail() {
 }
 
 const HOUR: i64 = manifest::HOUR_NS;
+
+/// Positions are logged in the rows' record: a torn record loses both, a good one keeps
+/// both, and a batch spanning two hours logs them once.
+#[tokio::test]
+async fn positions_are_replayed_with_their_rows_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = 1_764_118_800_000_000_000i64;
+    let at = |v: &str| vec![("src a".to_string(), v.to_string())];
+    {
+        let store = Store::open(cfg(dir.path())).await.unwrap();
+        let b = stat_samples_batch(&[sample(1, t0), sample(2, t0 + HOUR)]).unwrap();
+        store
+            .append_at(Table::StatSamples, b, at("1"))
+            .await
+            .unwrap();
+        let b = stat_samples_batch(&[sample(3, t0 + 1)]).unwrap();
+        store
+            .append_at(Table::StatSamples, b, at("2"))
+            .await
+            .unwrap();
+        assert_eq!(store.positions()["src a"], "2");
+        store.halt().await;
+    }
+    let wal_dir = dir.path().join("wal");
+    let last = *wal::list_segments(&wal_dir).unwrap().last().unwrap();
+    let path = wal::segment_path(&wal_dir, last);
+    let read = wal::read_segment(&path, 0).unwrap();
+    assert_eq!((read.records.len(), read.positions.len()), (3, 2));
+    // Tear the last record (rows of sample 3 and position "2").
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+    let store = Store::open(cfg(dir.path())).await.unwrap();
+    assert_eq!(rows(&store.snapshot(Table::StatSamples, None, None)), 2);
+    assert_eq!(store.positions()["src a"], "1");
+}

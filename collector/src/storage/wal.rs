@@ -14,6 +14,15 @@
 //! Replay decodes it again with the same decoder (`otlp::wire`, which has no clock or state,
 //! so it gives the same rows) and splits the rows by hour. This saves encoding the rows as
 //! Arrow IPC (about 5% of OTLP ingest CPU).
+//!
+//! A record whose tag has bit 5 set ([`POSITIONS`]) carries source positions: its inflated
+//! body starts with `u32 LE length | JSON [[key, value], …]`, followed by the Arrow IPC
+//! stream of its rows, or by nothing when its table tag is 0 (a snapshot of every known
+//! position, written at the head of each new segment). A reader that stores rows from a
+//! source (the access-log tailer) logs where the source stands in the same record as the
+//! rows, so a record is either kept whole, rows and position, or lost whole: after a crash
+//! the source resumes exactly after what was stored. The snapshot keeps the positions of
+//! records in segments that a flush deletes.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IoSlice, Read, Write};
@@ -34,6 +43,8 @@ const WHOLE_LZ4: u8 = 0x80;
 /// Bit of the table tag marking a body that is the OTLP/protobuf trace export the rows came
 /// from.
 const OTLP_TRACES: u8 = 0x40;
+/// Bit of the tag marking a body that starts with source positions (see the module doc).
+const POSITIONS: u8 = 0x20;
 /// Largest IPC stream a compressed body may claim to inflate to (LZ4 expands at most 255×).
 const MAX_INFLATED: usize = 1 << 30;
 
@@ -64,19 +75,69 @@ pub struct WalRecord {
     pub batch: RecordBatch,
 }
 
+/// Where sources stand, as (source key, position) pairs. Opaque to the store: the source
+/// that wrote a position reads it back.
+pub type Positions = Vec<(String, String)>;
+
+/// What one record decodes to.
+#[derive(Default)]
+struct Decoded {
+    records: Vec<WalRecord>,
+    positions: Positions,
+}
+
 /// Encodes one record (header included) ready to append to a segment.
-pub fn encode_record(table: Table, hour: i64, batch: &RecordBatch) -> Result<Vec<u8>, StoreError> {
+/// `positions`, when not empty, are logged in the same record (see [`POSITIONS`]).
+pub fn encode_record(
+    table: Table,
+    hour: i64,
+    batch: &RecordBatch,
+    positions: &[(String, String)],
+) -> Result<Vec<u8>, StoreError> {
     // LZ4 keeps the fsynced WAL bandwidth well below the disk's at hundreds of thousands of
     // spans/s (780 → ~210 bytes per Envoy span). One block for the whole stream rather than
     // Arrow's LZ4 frame per buffer: each frame set up and zeroed its own tables, which cost
     // more CPU than compressing (about 100 buffers per spans batch).
     let mut ipc = Vec::with_capacity(64 << 10);
+    let mut tag = table.tag() | WHOLE_LZ4;
+    if !positions.is_empty() {
+        tag |= POSITIONS;
+        put_positions(&mut ipc, positions);
+    }
     {
         let mut w = StreamWriter::try_new(&mut ipc, batch.schema_ref())?;
         w.write(batch)?;
         w.finish()?;
     }
-    Ok(frame(table.tag() | WHOLE_LZ4, hour, &ipc))
+    Ok(frame(tag, hour, &ipc))
+}
+
+/// A record of positions alone (table tag 0, no rows).
+pub fn encode_positions_record(positions: &[(String, String)]) -> Vec<u8> {
+    let mut body = Vec::new();
+    put_positions(&mut body, positions);
+    frame(POSITIONS | WHOLE_LZ4, 0, &body)
+}
+
+fn put_positions(out: &mut Vec<u8>, positions: &[(String, String)]) {
+    // Serialising pairs of strings cannot fail.
+    let json = serde_json::to_vec(positions).unwrap_or_default();
+    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&json);
+}
+
+/// Splits a body with [`POSITIONS`] into the positions and what follows them.
+fn take_positions(body: &[u8]) -> Result<(Positions, &[u8]), String> {
+    let len = body
+        .get(..4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or_else(|| "short positions header".to_string())?;
+    let json = body
+        .get(4..4 + len)
+        .ok_or_else(|| format!("positions claim {len} bytes, {} remain", body.len() - 4))?;
+    let positions =
+        serde_json::from_slice(json).map_err(|e| format!("positions do not parse: {e}"))?;
+    Ok((positions, &body[4 + len..]))
 }
 
 /// One record: header, then the payload `tag | hour | body`, `body` compressed as one LZ4
@@ -102,7 +163,10 @@ pub fn encode_otlp_traces_record(request: &[u8]) -> Vec<u8> {
     frame(Table::Spans.tag() | OTLP_TRACES, 0, request)
 }
 
-fn decode_payload(payload: &[u8]) -> Result<Vec<WalRecord>, String> {
+fn decode_payload(payload: &[u8]) -> Result<Decoded, String> {
+    if payload[0] & POSITIONS != 0 {
+        return decode_positioned(payload);
+    }
     if payload[0] & OTLP_TRACES != 0 {
         let tag = payload[0] & !OTLP_TRACES;
         if Table::from_tag(tag) != Some(Table::Spans) {
@@ -115,7 +179,7 @@ fn decode_payload(payload: &[u8]) -> Result<Vec<WalRecord>, String> {
             // Only exports this decoder read are logged this way, so this is corruption.
             Err(_) => return Err("the OTLP trace export does not decode".into()),
         };
-        return Ok(super::segment::split_by_hour(Table::Spans, &batch)
+        let records = super::segment::split_by_hour(Table::Spans, &batch)
             .map_err(|e| e.to_string())?
             .into_iter()
             .map(|(hour, batch)| WalRecord {
@@ -123,7 +187,11 @@ fn decode_payload(payload: &[u8]) -> Result<Vec<WalRecord>, String> {
                 hour,
                 batch,
             })
-            .collect());
+            .collect();
+        return Ok(Decoded {
+            records,
+            positions: Vec::new(),
+        });
     }
     let tag = payload[0] & !WHOLE_LZ4;
     let table = Table::from_tag(tag).ok_or_else(|| format!("unknown table tag {tag}"))?;
@@ -139,12 +207,55 @@ fn decode_payload(payload: &[u8]) -> Result<Vec<WalRecord>, String> {
     } else {
         &payload[9..]
     };
-    let mut reader = StreamReader::try_new(body, None).map_err(|e| e.to_string())?;
-    let batch = reader
+    Ok(Decoded {
+        records: vec![WalRecord {
+            table,
+            hour,
+            batch: read_batch(body)?,
+        }],
+        positions: Vec::new(),
+    })
+}
+
+/// A record with [`POSITIONS`]: positions, then rows unless the table tag is 0.
+fn decode_positioned(payload: &[u8]) -> Result<Decoded, String> {
+    if payload[0] & WHOLE_LZ4 == 0 || payload[0] & OTLP_TRACES != 0 {
+        return Err(format!("a positions record with tag {:#x}", payload[0]));
+    }
+    let tag = payload[0] & !(WHOLE_LZ4 | POSITIONS);
+    let hour = i64::from_le_bytes(
+        payload[1..9]
+            .try_into()
+            .map_err(|_| "short header".to_string())?,
+    );
+    let inflated = inflate(&payload[9..])?;
+    let (positions, rest) = take_positions(&inflated)?;
+    if tag == 0 {
+        if !rest.is_empty() {
+            return Err(format!("{} bytes after a positions snapshot", rest.len()));
+        }
+        return Ok(Decoded {
+            records: Vec::new(),
+            positions,
+        });
+    }
+    let table = Table::from_tag(tag).ok_or_else(|| format!("unknown table tag {tag}"))?;
+    Ok(Decoded {
+        records: vec![WalRecord {
+            table,
+            hour,
+            batch: read_batch(rest)?,
+        }],
+        positions,
+    })
+}
+
+fn read_batch(ipc: &[u8]) -> Result<RecordBatch, String> {
+    let mut reader = StreamReader::try_new(ipc, None).map_err(|e| e.to_string())?;
+    reader
         .next()
         .ok_or_else(|| "record holds no batch".to_string())?
-        .map_err(|e| e.to_string())?;
-    Ok(vec![WalRecord { table, hour, batch }])
+        .map_err(|e| e.to_string())
 }
 
 /// An LZ4 block with its size prepended, inflated if the size is sane.
@@ -162,6 +273,8 @@ fn inflate(body: &[u8]) -> Result<Vec<u8>, String> {
 /// What reading a segment found.
 pub struct SegmentRead {
     pub records: Vec<WalRecord>,
+    /// Positions logged in the segment, in the order written (later ones are newer).
+    pub positions: Positions,
     /// Byte offset just past the last good record.
     pub good_len: u64,
     /// Why reading stopped before the end of the file, if it did.
@@ -176,6 +289,7 @@ pub fn read_segment(path: &Path, from: u64) -> io::Result<SegmentRead> {
     f.read_to_end(&mut data)?;
     let mut pos = from as usize;
     let mut records = Vec::new();
+    let mut positions = Vec::new();
     let mut torn = None;
     while pos < data.len() {
         if data.len() - pos < HEADER {
@@ -200,7 +314,10 @@ pub fn read_segment(path: &Path, from: u64) -> io::Result<SegmentRead> {
             break;
         }
         match decode_payload(payload) {
-            Ok(r) => records.extend(r),
+            Ok(d) => {
+                records.extend(d.records);
+                positions.extend(d.positions);
+            }
             Err(e) => {
                 torn = Some(format!("record at byte {pos} does not decode: {e}"));
                 break;
@@ -210,6 +327,7 @@ pub fn read_segment(path: &Path, from: u64) -> io::Result<SegmentRead> {
     }
     Ok(SegmentRead {
         records,
+        positions,
         good_len: pos as u64,
         torn,
     })
@@ -303,5 +421,19 @@ mod tests {
         let read = read_segment(&segment_path(dir.path(), 7), 0).unwrap();
         assert_eq!(read.good_len, 0);
         assert!(read.torn.unwrap().contains("does not decode"));
+    }
+
+    #[test]
+    fn positions_that_do_not_parse_are_corruption() {
+        let good = encode_positions_record(&[("k".into(), "v".into())]);
+        let d = decode_payload(&good[HEADER..]).unwrap();
+        assert_eq!(d.positions, vec![("k".to_string(), "v".to_string())]);
+        assert!(d.records.is_empty());
+        let bad = frame(POSITIONS | WHOLE_LZ4, 0, b"\x03\0\0\0abc");
+        let e = decode_payload(&bad[HEADER..]).err().unwrap();
+        assert!(e.contains("positions do not parse"), "{e}");
+        let short = frame(POSITIONS | WHOLE_LZ4, 0, b"\x09\0\0\0[]");
+        let e = decode_payload(&short[HEADER..]).err().unwrap();
+        assert!(e.contains("positions claim 9 bytes"), "{e}");
     }
 }

@@ -25,6 +25,11 @@ pub struct FileCheckpoint {
     pub line_number: u64,
     /// The first bytes of the file, to tell a reused inode from the file that was read.
     pub fingerprint: Fingerprint,
+    /// Counts the file's position changes (chunks read, truncations): of two checkpoints of
+    /// one file, the one with the higher count is newer (offsets alone are not, after a
+    /// truncation). Missing in checkpoints written before it existed.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 impl FileCheckpoint {
@@ -39,6 +44,43 @@ impl FileCheckpoint {
         Position {
             offset: self.offset,
             line: self.line_number,
+        }
+    }
+
+    /// The key of this file's position in the store's WAL (see `Store::append_at`).
+    pub fn store_key(&self) -> String {
+        store_key(self.id())
+    }
+}
+
+/// The key of a file's position in the store's WAL.
+pub fn store_key(id: FileId) -> String {
+    format!("{STORE_KEY_PREFIX}{}:{}", id.dev, id.inode)
+}
+
+/// What every access-log file's key in the store starts with.
+pub const STORE_KEY_PREFIX: &str = "access_log ";
+
+/// Adds the positions the store's WAL logged with the rows (`Store::positions`) to the
+/// checkpoints read from the file: the newer of the two wins for each file. The checkpoint
+/// file is written just after each append, so it lags the WAL by the chunk in flight when
+/// the process was killed; the WAL lags the file for chunks that stored no rows.
+pub fn merge_store_positions(
+    files: &mut Vec<FileCheckpoint>,
+    store: &std::collections::BTreeMap<String, String>,
+) {
+    for (key, value) in store.range(STORE_KEY_PREFIX.to_string()..) {
+        if !key.starts_with(STORE_KEY_PREFIX) {
+            break;
+        }
+        let Ok(logged) = serde_json::from_str::<FileCheckpoint>(value) else {
+            tracing::warn!(%key, "ignoring an access-log position in the WAL that does not parse");
+            continue;
+        };
+        match files.iter_mut().find(|f| f.id() == logged.id()) {
+            Some(f) if f.seq >= logged.seq => {}
+            Some(f) => *f = logged,
+            None => files.push(logged),
         }
     }
 }

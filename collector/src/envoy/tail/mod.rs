@@ -16,14 +16,17 @@
 //! names), and appended. Bad lines are logged and counted with their file and line number;
 //! the good lines around them are stored.
 //!
-//! **Checkpoints.** After an append returns (the rows are in the fsynced WAL), the position
-//! of every file is written to `<data-dir>/checkpoints/access_log.json` (identity, offset,
-//! line number and a fingerprint of the first bytes). A restart resumes each file whose
-//! identity and fingerprint match; a file with no checkpoint is read from its beginning, so
-//! no line is ever skipped. Back-pressure from storage retries the same lines later. A
-//! clean stop (SIGTERM) finishes the chunk in hand and its checkpoint, so a restart stores
-//! each line once; after a hard kill, the one chunk whose append had returned but whose
-//! checkpoint was not yet written is read again.
+//! **Checkpoints.** Each chunk's rows are appended together with the file's position after
+//! the chunk (identity, offset, line number, a fingerprint of the first bytes and a change
+//! count), in one WAL record (`Store::append_at`): a crash keeps both or neither. After the
+//! append returns, the position of every file is also written to
+//! `<data-dir>/checkpoints/access_log.json`, which covers chunks of rejected lines only (no
+//! rows to log) and is what people read. A restart takes, per file, the newer of the two
+//! ([`checkpoint::merge_store_positions`]) and resumes each file whose identity and
+//! fingerprint match; a file with neither is read from its beginning, so no line is ever
+//! skipped. Back-pressure from storage retries the same lines later. So a hard kill between
+//! an append and the checkpoint file's write no longer reads the chunk again: the WAL has its
+//! position.
 
 pub mod checkpoint;
 pub mod file;
@@ -151,6 +154,8 @@ struct Followed {
     last_error: Option<String>,
     last_success_unix: Option<u64>,
     chunks: u64,
+    /// Position changes so far ([`FileCheckpoint::seq`]).
+    seq: u64,
 }
 
 impl Followed {
@@ -162,6 +167,7 @@ impl Followed {
             offset: self.pos.offset,
             line_number: self.pos.line,
             fingerprint: self.fingerprint,
+            seq: self.seq,
         }
     }
 
@@ -210,7 +216,7 @@ impl Tailer {
     /// Loads the checkpoint. An unreadable checkpoint is moved aside with an error in the
     /// log, and files are read from their beginning (lines may be stored twice, none lost).
     pub fn new(cfg: TailConfig, ingest: Arc<EnvoyIngest>, sources: Sources) -> Tailer {
-        let resume = match checkpoint::load(&cfg.checkpoint_path) {
+        let mut resume = match checkpoint::load(&cfg.checkpoint_path) {
             Ok(r) => r,
             Err(e) => {
                 let aside = checkpoint::move_aside(&cfg.checkpoint_path);
@@ -218,6 +224,7 @@ impl Tailer {
                 Vec::new()
             }
         };
+        checkpoint::merge_store_positions(&mut resume, &ingest.store.positions());
         Tailer {
             cfg,
             ingest,
@@ -327,7 +334,9 @@ impl Tailer {
         }
         // Checkpoints of files that are gone are forgotten after the first expansion.
         if !self.resume.is_empty() {
-            self.resume.clear();
+            for c in self.resume.drain(..) {
+                self.ingest.store.forget_position(&c.store_key());
+            }
             self.checkpoint_dirty = true;
         }
     }
@@ -349,11 +358,15 @@ impl Tailer {
         let head = file::read_head(&file)?;
         let mut pos = Position::default();
         let mut fingerprint = Fingerprint::default();
+        let mut seq = 0;
         if let Some(i) = self.resume.iter().position(|c| c.id() == id) {
             let c = self.resume.swap_remove(i);
+            // Newer than anything logged for the inode before.
+            seq = c.seq + 1;
             if c.fingerprint.matches(&head) && c.offset <= size {
                 pos = c.position();
                 fingerprint = c.fingerprint;
+                seq = c.seq;
                 info!(file = %source, offset = pos.offset, line = pos.line, "resuming an access-log file at its checkpoint");
             } else {
                 info!(file = %source, "an access-log file changed since its checkpoint; reading it from the start");
@@ -381,6 +394,7 @@ impl Tailer {
             last_error: None,
             last_success_unix: None,
             chunks: 0,
+            seq,
         })
     }
 
@@ -423,6 +437,7 @@ impl Tailer {
             warn!(file = %f.source, offset = f.pos.offset, "access-log file {reset}; reading it from the start");
             f.progress.truncations += 1;
             f.pos = Position::default();
+            f.seq += 1;
             self.checkpoint_dirty = true;
         }
         if f.fingerprint != prepared.fingerprint {
@@ -433,9 +448,20 @@ impl Tailer {
             return Ok(Step::Idle);
         };
         f.last_growth = Instant::now();
+        // Where the file stands once the chunk is stored, logged with its rows.
+        let after = FileCheckpoint {
+            offset: chunk.end.offset,
+            line_number: chunk.end.line,
+            seq: f.seq + 1,
+            ..f.checkpoint()
+        };
         let stored = match chunk.batch {
             Some(batch) => {
-                match append_retrying(&self.ingest.store, batch, &f.source, stop).await {
+                let at = vec![(
+                    after.store_key(),
+                    serde_json::to_string(&after).unwrap_or_default(),
+                )];
+                match append_retrying(&self.ingest.store, batch, at, &f.source, stop).await {
                     Ok(Some(n)) => n,
                     // Stopping: the lines stay unread and are read again after a restart.
                     Ok(None) => return Ok(Step::Idle),
@@ -446,6 +472,7 @@ impl Tailer {
         };
         let f = &mut self.files[i];
         f.pos = chunk.end;
+        f.seq += 1;
         f.chunks += 1;
         f.progress.lines_stored += stored as u64;
         f.progress.lines_rejected += chunk.rejected.len() as u64;
@@ -485,6 +512,7 @@ impl Tailer {
                 && f.pos.offset >= f.progress.size;
             if done {
                 info!(file = %f.source, inode = f.id.inode, lines = f.pos.line, "finished a rotated access-log file");
+                self.ingest.store.forget_position(&checkpoint::store_key(f.id));
             }
             !done
         });
@@ -532,12 +560,16 @@ impl Tailer {
 async fn append_retrying(
     store: &Store,
     batch: arrow::array::RecordBatch,
+    positions: Vec<(String, String)>,
     source: &str,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<usize>, TailError> {
     let mut logged = false;
     loop {
-        let wait = match store.append(Table::Requests, batch.clone()).await {
+        let wait = match store
+            .append_at(Table::Requests, batch.clone(), positions.clone())
+            .await
+        {
             Ok(r) => return Ok(Some(r.rows)),
             Err(StoreError::Closed) => return Err(TailError::Closed),
             Err(StoreError::Overloaded(_, retry)) => retry,

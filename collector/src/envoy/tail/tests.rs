@@ -231,6 +231,89 @@ async fn checkpoint_resume_neither_duplicates_nor_skips() {
     assert!(last.contains("line 10:"), "{last}");
 }
 
+/// request_id → how many rows have it, buffered and in Parquet.
+async fn stored_everywhere(store: &Store) -> BTreeMap<String, usize> {
+    let snap = store.snapshot(Table::Requests, None, None);
+    let mut batches = snap.batches;
+    for f in &snap.files {
+        let bytes = crate::storage::read_object(&store.object_store(), &f.path)
+            .await
+            .unwrap();
+        batches.extend(crate::storage::segment::decode_parquet(bytes).unwrap());
+    }
+    let mut out = BTreeMap::new();
+    for b in batches {
+        let ids = b.column_by_name("request_id").unwrap().as_string::<i32>();
+        for i in 0..ids.len() {
+            *out.entry(ids.value(i).to_string()).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// What a hard kill can leave: the chunk's rows are in the WAL, the checkpoint file was not
+/// written after them (or is lost). The position logged with the rows makes the restart
+/// resume after them, also when a flush deleted the WAL segment that held them.
+#[tokio::test]
+async fn a_hard_kill_between_an_append_and_the_checkpoint_file_stores_no_line_twice() {
+    let mut s = Setup::new().await;
+    let path = s.logs().join("a.log");
+    let cfg = s.config();
+    let once =
+        |ids: Vec<String>| -> BTreeMap<String, usize> { ids.into_iter().map(|i| (i, 1)).collect() };
+    // Kills a store without flushing and opens it again, as a restart after kill -9 does.
+    async fn restart(s: &mut Setup) {
+        s.store.halt().await;
+        s.store = Store::open(s.store.config().clone()).await.unwrap();
+        s.ingest = EnvoyIngest::new(
+            s.store.clone(),
+            AccessLogFormat::compile(ISTIO_TEXT_FORMAT).unwrap(),
+        );
+    }
+
+    append(&path, &lines("h", 0..5));
+    s.tailer(cfg.clone()).poll(&s.stop).await.unwrap();
+    let first = fs::read(&cfg.checkpoint_path).unwrap();
+    append(&path, &lines("h", 5..12));
+    s.tailer(cfg.clone()).poll(&s.stop).await.unwrap();
+    // The kill came after the second append and before its checkpoint.
+    fs::write(&cfg.checkpoint_path, &first).unwrap();
+    restart(&mut s).await;
+    assert_eq!(
+        checkpoint::load(&cfg.checkpoint_path).unwrap()[0].line_number,
+        5
+    );
+    append(&path, &lines("h", 12..15));
+    s.tailer(cfg.clone()).poll(&s.stop).await.unwrap();
+    assert_eq!(stored_everywhere(&s.store).await, once(ids("h", 0..15)));
+    let cp = checkpoint::load(&cfg.checkpoint_path).unwrap();
+    assert_eq!((cp[0].line_number, cp[0].seq), (15, 3));
+
+    // A flush deletes the segments that held the positions; the next segment starts with
+    // all of them. Without the checkpoint file at all, nothing is read again.
+    s.store.flush().await.unwrap();
+    fs::remove_file(&cfg.checkpoint_path).unwrap();
+    restart(&mut s).await;
+    // Twice: replay of a segment that holds only positions keeps them too.
+    restart(&mut s).await;
+    append(&path, &lines("h", 15..16));
+    s.tailer(cfg.clone()).poll(&s.stop).await.unwrap();
+    assert_eq!(stored_everywhere(&s.store).await, once(ids("h", 0..16)));
+
+    // A truncated file starts over: its next position is newer (by its change count) even
+    // though its offset is smaller than the one the checkpoint file holds.
+    let stale = fs::read(&cfg.checkpoint_path).unwrap();
+    fs::write(&path, lines("t", 0..2)).unwrap();
+    s.tailer(cfg.clone()).poll(&s.stop).await.unwrap();
+    fs::write(&cfg.checkpoint_path, &stale).unwrap();
+    restart(&mut s).await;
+    append(&path, &lines("t", 2..3));
+    s.tailer(cfg.clone()).poll(&s.stop).await.unwrap();
+    let mut want = ids("h", 0..16);
+    want.extend(ids("t", 0..3));
+    assert_eq!(stored_everywhere(&s.store).await, once(want));
+}
+
 #[tokio::test]
 async fn a_reused_inode_with_other_content_is_read_from_the_start() {
     let s = Setup::new().await;
@@ -252,6 +335,7 @@ async fn a_reused_inode_with_other_content_is_read_from_the_start() {
         offset: 10,
         line_number: 1,
         fingerprint: Fingerprint::default(),
+        seq: 0,
     });
     checkpoint::save(&cfg.checkpoint_path, &cp).unwrap();
     let mut t = s.tailer(cfg.clone());
