@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::BuildHasher;
 use std::time::Duration;
 
-use meshscope_schemas::envoy::{IstioCluster, LOCAL_REPLY_FLAGS, response_flag_meaning};
+use meshscope_schemas::envoy::{IstioCluster, response_flag_meaning};
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
 
@@ -385,18 +385,22 @@ struct KeyWindow<'a> {
 }
 
 impl<'a> KeyWindow<'a> {
-    fn add(&mut self, a: &'a EdgeAgg) {
+    fn add(&mut self, a: &EdgeAgg) {
         self.totals.add(&Totals {
             requests: a.requests,
             request_bytes: a.request_bytes,
             response_bytes: a.response_bytes,
             duration_ms_sum: a.duration_ms_sum,
         });
-        if a.duration.count() > 0 {
+    }
+
+    /// The durations of the latency group this label set leads, in one bucket.
+    fn add_sketch(&mut self, s: &'a LatencySketch) {
+        if s.count() > 0 {
             if self.sketches.capacity() == 0 {
                 self.sketches.reserve(16);
             }
-            self.sketches.push(&a.duration);
+            self.sketches.push(s);
         }
     }
 }
@@ -604,11 +608,6 @@ fn is_4xx(code: u16) -> bool {
     (400..500).contains(&code)
 }
 
-fn local_reply(k: &EdgeKey) -> bool {
-    k.flags()
-        .any(|f| LOCAL_REPLY_FLAGS.contains(&f) || f == "DI")
-}
-
 fn ns_of_service(k: &EdgeKey) -> Option<&str> {
     k.known(Label::DestinationServiceNamespace).or_else(|| {
         k.known(Label::DestinationService)
@@ -740,17 +739,28 @@ fn window_part<'a>(
 ) -> Vec<(KeyId, KeyWindow<'a>)> {
     let mut slot = vec![u32::MAX; key_count.div_ceil(parts as usize)];
     let mut out: Vec<(KeyId, KeyWindow<'a>)> = Vec::new();
+    let mut entry = |id: KeyId, out: &mut Vec<(KeyId, KeyWindow<'a>)>| {
+        let s = &mut slot[(id / parts) as usize];
+        if *s == u32::MAX {
+            *s = out.len() as u32;
+            out.push((id, KeyWindow::default()));
+        }
+        *s as usize
+    };
     for bucket in cover {
         for (id, a) in bucket.iter() {
-            if id % parts != part {
-                continue;
+            if id % parts == part {
+                let i = entry(*id, &mut out);
+                out[i].1.add(a);
             }
-            let s = &mut slot[(id / parts) as usize];
-            if *s == u32::MAX {
-                *s = out.len() as u32;
-                out.push((*id, KeyWindow::default()));
+        }
+        // A group's sketch is kept under its leader, which has traffic in the bucket or
+        // gets an entry of no requests here.
+        for (id, s) in &bucket.latency {
+            if id % parts == part {
+                let i = entry(*id, &mut out);
+                out[i].1.add_sketch(s);
             }
-            out[*s as usize].1.add(a);
         }
     }
     out
@@ -863,6 +873,16 @@ fn build_with<'st>(
                 from_spans.entry(*id).or_default().add(a);
             }
         }
+        for (id, sketch) in &bucket.latency {
+            let k = key(id);
+            let p = (
+                k.get(Label::SourceCanonicalService),
+                k.get(Label::DestinationServiceName),
+            );
+            if !logged.contains(&p) {
+                from_spans.entry(*id).or_default().add_sketch(sketch);
+            }
+        }
     }
     window.extend(from_spans);
     let mut idle_keys: BTreeSet<KeyId> = BTreeSet::new();
@@ -924,7 +944,7 @@ fn build_with<'st>(
             }
             let reporter = k.get(Label::Reporter);
             let counted =
-                reporter != "source" || local_reply(k) || !dest_reported.contains(&pair(k));
+                reporter != "source" || k.local_reply() || !dest_reported.contains(&pair(k));
             for &(from, to) in &hops[..n] {
                 let caller = b.nodes[from].kind != "service" || q.graph_type == GraphType::Service;
                 let acc = b.acc(from, to);
@@ -936,7 +956,11 @@ fn build_with<'st>(
                 }
                 if counted {
                     feeds |= COUNTED;
-                    acc.add(k, a);
+                    // A leader with durations only (no requests of its own in the window)
+                    // adds no counts.
+                    if a.totals.requests > 0 {
+                        acc.add(k, a);
+                    }
                 }
                 if feeds != 0 {
                     acc.parts.push((wi, feeds));

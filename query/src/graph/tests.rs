@@ -557,3 +557,141 @@ fn big_graphs_built_on_two_threads_equal_the_single_thread_build() {
         assert_eq!(to_json(&two).unwrap(), serde_json::to_vec(&two).unwrap());
     }
 }
+
+/// Label sets that differ only in code and flags share one duration sketch per bucket (kept
+/// under the group's first label set). An edge's percentiles, overall and per reporter, still
+/// equal those of its raw durations, also when that first label set has no requests in the
+/// window, and it adds no counts.
+#[test]
+fn shared_latency_sketches_give_each_edge_its_own_percentiles() {
+    let r = Rollups::start(RollupConfig {
+        retention: std::time::Duration::from_secs(u32::MAX as u64),
+        ..RollupConfig::default()
+    });
+    let mut x = 11u64;
+    let mut ms = move || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((x >> 33) % 900) as i64 + 1
+    };
+    let at = |minute: i64, i: i64| T0 + minute * 60 * S + (i % 60) * S;
+    // Minute 0: the groups' first label sets (code 200), alone in their batch.
+    let mut first = Vec::new();
+    for i in 0..40 {
+        let mut a = row(
+            "destination",
+            "productpage-v1",
+            Some(("reviews-v1", "v1")),
+            200,
+            None,
+            ms(),
+        );
+        a.start_time_unix_nano = at(0, i);
+        first.push(a);
+        let mut b = row(
+            "source",
+            "productpage-v1",
+            Some(("reviews-v1", "v1")),
+            200,
+            None,
+            ms(),
+        );
+        b.start_time_unix_nano = at(0, i);
+        first.push(b);
+        let mut c = row("source", "productpage-v1", None, 503, Some("UO"), ms());
+        c.start_time_unix_nano = at(0, i);
+        first.push(c);
+    }
+    r.fold(Table::Requests, &requests_batch(&first).unwrap());
+    // Minutes 1-4: other codes and flags of the same groups.
+    let (mut dest, mut src, mut local) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rest = Vec::new();
+    for i in 0..1200 {
+        let minute = 1 + i % 4;
+        let code = [500, 404, 503][i as usize % 3];
+        let mut a = row(
+            "destination",
+            "productpage-v1",
+            Some(("reviews-v1", "v1")),
+            code,
+            None,
+            ms(),
+        );
+        a.start_time_unix_nano = at(minute, i);
+        dest.push(a.duration_ms as f64);
+        rest.push(a);
+        let mut b = row(
+            "source",
+            "productpage-v1",
+            Some(("reviews-v1", "v1")),
+            code,
+            None,
+            ms(),
+        );
+        b.start_time_unix_nano = at(minute, i);
+        src.push(b.duration_ms as f64);
+        rest.push(b);
+        let flags = ["FI", "UO", "NR"][i as usize % 3];
+        let mut c = row("source", "productpage-v1", None, 503, Some(flags), ms());
+        c.start_time_unix_nano = at(minute, i);
+        local.push(c.duration_ms as f64);
+        rest.push(c);
+    }
+    r.fold(Table::Requests, &requests_batch(&rest).unwrap());
+    let st = r.read();
+    let leader_codes: BTreeSet<&str> = st
+        .edges
+        .fine()
+        .flat_map(|(_, b)| b.latency.keys())
+        .map(|id| st.keys.get(*id).get(Label::ResponseCode))
+        .collect();
+    assert_eq!(
+        leader_codes,
+        BTreeSet::from(["200", "503"]),
+        "leaders are the minute-0 label sets"
+    );
+    // The window leaves minute 0 out.
+    let mut q = query(GraphType::Workload);
+    q.from_ns = T0 + 60 * S;
+    q.to_ns = T0 + 300 * S;
+    let g = build(&st, 60, &q);
+    let check = |what: &str, l: &Latency, raw: &mut Vec<f64>| {
+        raw.sort_by(f64::total_cmp);
+        for (q, got) in [(0.5, l.p50), (0.95, l.p95), (0.99, l.p99)] {
+            let want = raw[nearest_rank(q, raw.len() as u64) as usize - 1];
+            let got = got.unwrap();
+            assert!(
+                (got - want).abs() <= 0.01 * want,
+                "{what} p{q}: sketch {got}, raw {want}"
+            );
+        }
+        let avg = raw.iter().sum::<f64>() / raw.len() as f64;
+        assert!((l.avg.unwrap() - avg).abs() < 1e-3, "{what} avg");
+    };
+    let e = edge(
+        &g,
+        "workload:default/productpage-v1",
+        "workload:default/reviews-v1",
+    );
+    assert_eq!(e.requests, 1200);
+    assert!(
+        !e.response_codes.contains_key("200"),
+        "{:?}",
+        e.response_codes
+    );
+    check("own", &e.latency_ms, &mut dest.clone());
+    check(
+        "by destination",
+        &e.latency_ms_by_reporter["destination"],
+        &mut dest,
+    );
+    check("by source", &e.latency_ms_by_reporter["source"], &mut src);
+    let e = edge(
+        &g,
+        "workload:default/productpage-v1",
+        "service:default/reviews",
+    );
+    assert_eq!((e.requests, e.response_codes["503"]), (1200, 1200));
+    check("local replies", &e.latency_ms, &mut local);
+}

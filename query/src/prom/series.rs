@@ -438,24 +438,30 @@ pub fn rollup_series(
     let (parts, tcp_only) = plan(name, spans)?;
     let source = if spans { &st.span_edges } else { &st.edges };
     let failed_only = name == "traces_service_graph_request_failed_total";
-    let acc = slotted(source.fine(), &parts, matchers, spans, |id| {
-        let k = st.keys.get(*id);
-        let is_tcp = k.get(Label::RequestProtocol) == "tcp";
-        // HTTP metrics leave TCP connections out; TCP byte counters take only them.
-        if !spans && tcp_only != is_tcp {
-            return None;
-        }
-        if failed_only && !(k.response_code() >= 500 || k.response_code() == 0) {
-            return None;
-        }
-        let mut base = if spans {
-            span_labels(k, name)?
-        } else {
-            istio_labels(k)
-        };
-        base.insert("__name__".into(), name.to_string());
-        Some(base)
-    });
+    let acc = slotted(
+        source.fine().map(|(t, b)| (t, &b.aggs)),
+        &parts,
+        matchers,
+        spans,
+        |id| {
+            let k = st.keys.get(*id);
+            let is_tcp = k.get(Label::RequestProtocol) == "tcp";
+            // HTTP metrics leave TCP connections out; TCP byte counters take only them.
+            if !spans && tcp_only != is_tcp {
+                return None;
+            }
+            if failed_only && !(k.response_code() >= 500 || k.response_code() == 0) {
+                return None;
+            }
+            let mut base = if spans {
+                span_labels(k, name)?
+            } else {
+                istio_labels(k)
+            };
+            base.insert("__name__".into(), name.to_string());
+            Some(base)
+        },
+    );
     Some(cumulative(acc, res_secs))
 }
 

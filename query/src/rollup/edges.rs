@@ -9,6 +9,7 @@ use meshscope_schemas::table::requests as rq;
 
 use super::RollupState;
 use super::sketch::LatencySketch;
+use meshscope_schemas::envoy::LOCAL_REPLY_FLAGS;
 
 /// Istio's default buckets of `istio_request_duration_milliseconds` (upper bounds; +Inf last).
 pub const DURATION_BUCKETS_MS: [f64; 19] = [
@@ -121,6 +122,24 @@ impl EdgeKey {
     pub fn has_flag(&self, flag: &str) -> bool {
         self.flags().any(|f| f == flag)
     }
+
+    /// The requests never reached a workload: the source proxy answered itself (`UO`, `NR`,
+    /// `FI`…, Envoy's local replies) or delayed them by fault injection (`DI`).
+    pub fn local_reply(&self) -> bool {
+        self.flags()
+            .any(|f| LOCAL_REPLY_FLAGS.contains(&f) || f == "DI")
+    }
+
+    /// The label set's latency group: every label but the response code and flags, and
+    /// whether it is a local reply. Label sets of one group end up on the same graph edges
+    /// with the same role, so their durations share one sketch per bucket (see [`Bucket`]).
+    fn latency_group(&self) -> EdgeKey {
+        let mut g = self.clone();
+        g.0[Label::ResponseCode as usize] = Arc::from("");
+        g.0[Label::ResponseFlags as usize] =
+            Arc::from(if self.local_reply() { "local" } else { "" });
+        g
+    }
 }
 
 /// Counts of one label set in one bucket.
@@ -130,7 +149,6 @@ pub struct EdgeAgg {
     pub request_bytes: u64,
     pub response_bytes: u64,
     pub duration_ms_sum: f64,
-    pub duration: LatencySketch,
     /// Per bucket of `DURATION_BUCKETS_MS` plus +Inf: requests that fell in it (not cumulative).
     pub duration_buckets: [u64; DURATION_BUCKETS_MS.len() + 1],
     pub request_size_buckets: [u64; SIZE_BUCKETS.len() + 1],
@@ -147,7 +165,6 @@ impl EdgeAgg {
         self.request_bytes += req_bytes;
         self.response_bytes += resp_bytes;
         self.duration_ms_sum += duration_ms;
-        self.duration.add(duration_ms);
         self.duration_buckets[bucket_index(&DURATION_BUCKETS_MS, duration_ms)] += 1;
         self.request_size_buckets[bucket_index(&SIZE_BUCKETS, req_bytes as f64)] += 1;
         self.response_size_buckets[bucket_index(&SIZE_BUCKETS, resp_bytes as f64)] += 1;
@@ -158,7 +175,6 @@ impl EdgeAgg {
         self.request_bytes += o.request_bytes;
         self.response_bytes += o.response_bytes;
         self.duration_ms_sum += o.duration_ms_sum;
-        self.duration.merge(&o.duration);
         for (a, b) in self.duration_buckets.iter_mut().zip(o.duration_buckets) {
             *a += b;
         }
@@ -188,8 +204,64 @@ pub type FastSet<K> = HashSet<K, rustc_hash::FxBuildHasher>;
 /// A label set's number in the [`KeyTable`]: buckets hold these, not the 17 strings.
 pub type KeyId = u32;
 
-/// One bucket: label set → counts.
-pub type Bucket = FastMap<KeyId, EdgeAgg>;
+/// Counts of one label set in one bucket, and the durations as a sketch.
+#[derive(Debug, Clone, Default)]
+pub struct Sketched {
+    pub agg: EdgeAgg,
+    pub duration: LatencySketch,
+}
+
+impl Sketched {
+    pub fn add(&mut self, duration_ms: f64, req_bytes: u64, resp_bytes: u64) {
+        self.agg.add(duration_ms, req_bytes, resp_bytes);
+        self.duration.add(duration_ms);
+    }
+}
+
+/// One bucket: label set → counts, and per latency group the durations.
+///
+/// A graph edge's percentiles merge the duration sketches of its label sets over the window.
+/// Label sets that differ only in response code and flags (and are all local replies or all
+/// not) always land on the same edges in the same role, so they share one sketch, kept under
+/// the group's first label set (its leader, [`KeyTable::leader`]). An edge called with a few
+/// codes and flags then reads a third of the sketches, the graph's costliest part.
+#[derive(Debug, Default)]
+pub struct Bucket {
+    pub aggs: FastMap<KeyId, EdgeAgg>,
+    /// Latency group leader → durations of the group's requests.
+    pub latency: FastMap<KeyId, LatencySketch>,
+}
+
+impl Bucket {
+    pub fn iter(&self) -> std::collections::hash_map::Iter<'_, KeyId, EdgeAgg> {
+        self.aggs.iter()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &KeyId> {
+        self.aggs.keys()
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &EdgeAgg> {
+        self.aggs.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.aggs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.aggs.is_empty()
+    }
+}
+
+impl<'a> IntoIterator for &'a Bucket {
+    type Item = (&'a KeyId, &'a EdgeAgg);
+    type IntoIter = std::collections::hash_map::Iter<'a, KeyId, EdgeAgg>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.aggs.iter()
+    }
+}
 
 /// Every label set seen, numbered once, so a bucket entry is a `u32` and a query that meets
 /// the same label set in sixty buckets works out its node, edge and matchers once.
@@ -197,6 +269,9 @@ pub type Bucket = FastMap<KeyId, EdgeAgg>;
 pub struct KeyTable {
     keys: Vec<EdgeKey>,
     ids: FastMap<EdgeKey, KeyId>,
+    /// Per label set: its latency group's leader (the group's first label set).
+    leaders: Vec<KeyId>,
+    groups: FastMap<EdgeKey, KeyId>,
 }
 
 impl KeyTable {
@@ -205,13 +280,20 @@ impl KeyTable {
             return *id;
         }
         let id = self.keys.len() as KeyId;
+        let leader = *self.groups.entry(key.latency_group()).or_insert(id);
         self.keys.push(key.clone());
+        self.leaders.push(leader);
         self.ids.insert(key, id);
         id
     }
 
     pub fn get(&self, id: KeyId) -> &EdgeKey {
         &self.keys[id as usize]
+    }
+
+    /// The label set under which `id`'s latency group keeps its durations.
+    pub fn leader(&self, id: KeyId) -> KeyId {
+        self.leaders[id as usize]
     }
 
     pub fn len(&self) -> usize {
@@ -223,10 +305,14 @@ impl KeyTable {
     }
 
     /// Keeps only the label sets `live` holds; returns old id → new id.
+    /// A leader referenced by a bucket is live and comes before the rest of its group, so it
+    /// stays its group's leader.
     pub fn retain(&mut self, live: &[bool]) -> Vec<Option<KeyId>> {
         let mut remap = vec![None; self.keys.len()];
         let old = std::mem::take(&mut self.keys);
         self.ids.clear();
+        self.leaders.clear();
+        self.groups.clear();
         for (i, k) in old.into_iter().enumerate() {
             if live.get(i).copied().unwrap_or(false) {
                 remap[i] = Some(self.id(k));
@@ -265,18 +351,25 @@ impl Tiered {
         }
     }
 
-    /// Adds `agg` for label set `id` to the bucket starting at `bucket` (a multiple of the
-    /// resolution) and to the coarser buckets around it.
-    pub fn add(&mut self, resolution_secs: i64, bucket: i64, id: KeyId, agg: &EdgeAgg) {
+    /// Adds `s` for label set `id` (whose latency group's leader is `leader`) to the bucket
+    /// starting at `bucket` (a multiple of the resolution) and to the coarser buckets around
+    /// it.
+    pub fn add(
+        &mut self,
+        resolution_secs: i64,
+        bucket: i64,
+        id: KeyId,
+        leader: KeyId,
+        s: &Sketched,
+    ) {
         self.ensure(resolution_secs);
         for (w, level) in &mut self.levels {
             let start = bucket - bucket.rem_euclid(*w);
-            level
-                .entry(start)
-                .or_default()
-                .entry(id)
-                .or_default()
-                .merge(agg);
+            let b = level.entry(start).or_default();
+            b.aggs.entry(id).or_default().merge(&s.agg);
+            if s.duration.count() > 0 {
+                b.latency.entry(leader).or_default().merge(&s.duration);
+            }
         }
     }
 
@@ -333,7 +426,7 @@ impl Tiered {
     /// (an hour's buckets, not sixty minutes' of them, under the write lock).
     pub fn mark_live(&self, live: &mut [bool]) {
         for b in self.coarsest() {
-            for id in b.keys() {
+            for id in b.aggs.keys().chain(b.latency.keys()) {
                 live[*id as usize] = true;
             }
         }
@@ -343,7 +436,11 @@ impl Tiered {
     pub fn remap(&mut self, remap: &[Option<KeyId>]) {
         for (_, level) in &mut self.levels {
             for b in level.values_mut() {
-                *b = std::mem::take(b)
+                b.aggs = std::mem::take(&mut b.aggs)
+                    .into_iter()
+                    .filter_map(|(id, a)| Some((remap[id as usize]?, a)))
+                    .collect();
+                b.latency = std::mem::take(&mut b.latency)
                     .into_iter()
                     .filter_map(|(id, a)| Some((remap[id as usize]?, a)))
                     .collect();
@@ -461,7 +558,7 @@ pub(super) fn fold_requests(
             .filter(|v| !v.is_empty())
     };
     // Group the batch's rows by (bucket, borrowed labels) first; intern once per group.
-    let mut groups: HashMap<(i64, [&str; LABEL_COUNT]), EdgeAgg> = HashMap::new();
+    let mut groups: HashMap<(i64, [&str; LABEL_COUNT]), Sketched> = HashMap::new();
     let mut code_buf: Vec<String> = Vec::new();
     let codes: Vec<usize> = (0..batch.num_rows())
         .map(|row| {
@@ -522,9 +619,10 @@ pub(super) fn fold_requests(
         );
         folded += 1;
     }
-    for ((bucket, labels), agg) in groups {
+    for ((bucket, labels), s) in groups {
         let id = st.keys.id(EdgeKey(labels.map(|l| st.interner.get(l))));
-        st.edges.add(resolution_secs, bucket, id, &agg);
+        st.edges
+            .add(resolution_secs, bucket, id, st.keys.leader(id), &s);
     }
     folded
 }
@@ -533,8 +631,8 @@ pub(super) fn fold_requests(
 mod tests {
     use super::*;
 
-    fn agg(n: u64, ms: f64) -> EdgeAgg {
-        let mut a = EdgeAgg::default();
+    fn agg(n: u64, ms: f64) -> Sketched {
+        let mut a = Sketched::default();
         for _ in 0..n {
             a.add(ms, 1, 2);
         }
@@ -550,7 +648,7 @@ mod tests {
         for m in 0..180i64 {
             let b = start + m * 60;
             let n = (m as u64 * 7) % 5 + 1;
-            t.add(60, b, (m % 2) as KeyId, &agg(n, m as f64 + 1.0));
+            t.add(60, b, (m % 2) as KeyId, 0, &agg(n, m as f64 + 1.0));
             minutes.push((b, n));
         }
         let mut rng = 7u64;
@@ -574,8 +672,8 @@ mod tests {
             assert_eq!(got, want, "window {from}..{to}");
             let sketched: u64 = cover
                 .iter()
-                .flat_map(|b| b.values())
-                .map(|a| a.duration.count())
+                .flat_map(|b| b.latency.values())
+                .map(|s| s.count())
                 .sum();
             assert_eq!(sketched, want);
             if to - from >= 2 * 3600 {
@@ -599,7 +697,7 @@ mod tests {
         let mut t = Tiered::new(60);
         for i in 0..10 {
             let id = keys.id(key(i, &mut interner));
-            t.add(60, 3600 * i as i64, id, &agg(1, 5.0));
+            t.add(60, 3600 * i as i64, id, keys.leader(id), &agg(1, 5.0));
         }
         assert_eq!(
             keys.id(key(3, &mut interner)),

@@ -15,7 +15,7 @@ use meshscope_schemas::envoy::IstioCluster;
 use meshscope_schemas::table::spans as sp;
 
 use super::RollupState;
-use super::edges::{EdgeAgg, EdgeKey, FastMap, LABEL_COUNT, UNKNOWN};
+use super::edges::{EdgeAgg, EdgeKey, FastMap, LABEL_COUNT, Sketched, UNKNOWN};
 
 /// How long a span waits for its other half.
 pub const PAIR_WAIT: Duration = Duration::from_secs(10);
@@ -229,14 +229,15 @@ pub(super) fn fold_spans(
 /// Edge rows emitted by one fold, grouped by bucket and label set (interned label numbers),
 /// so the rollups take one merge per group instead of one per span.
 #[derive(Default)]
-struct Emitted(FastMap<(i64, [u32; LABEL_COUNT]), EdgeAgg>);
+struct Emitted(FastMap<(i64, [u32; LABEL_COUNT]), Sketched>);
 
 impl Emitted {
     fn commit(self, st: &mut RollupState, res: i64) {
-        for ((bucket, labels), agg) in self.0 {
+        for ((bucket, labels), s) in self.0 {
             let key = EdgeKey(labels.map(|l| st.interner.value(l).clone()));
             let id = st.keys.id(key);
-            st.span_edges.add(res.max(1), bucket, id, &agg);
+            st.span_edges
+                .add(res.max(1), bucket, id, st.keys.leader(id), &s);
         }
     }
 }
