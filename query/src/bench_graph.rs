@@ -142,17 +142,23 @@ fn run_one(edges: usize, rps: usize, minutes: usize, iterations: usize) -> anyho
         phases.push((p, times[times.len() - 1] - before_json));
         shown = (g.edges.len(), body.len());
     }
+    // The first build is shown apart: it faults in the memory the later ones reuse.
+    let first = times[0];
+    if times.len() > 1 {
+        times.remove(0);
+    }
     times.sort();
     let pct = |p: f64, times: &[Duration]| {
         times[((p * times.len() as f64).ceil() as usize).clamp(1, times.len()) - 1]
     };
     println!(
-        "{edges:>6} edges: folded {rows_total} rows in {:.2} s ({:.0} rows/s); rollups {buckets} buckets, {label_sets} label sets, +{} MiB RSS; graph of the hour ({} edges drawn, {} KiB JSON): p50 {:.1} ms, p99 {:.1} ms",
+        "{edges:>6} edges: folded {rows_total} rows in {:.2} s ({:.0} rows/s); rollups {buckets} buckets, {label_sets} label sets, +{} MiB RSS; graph of the hour ({} edges drawn, {} KiB JSON): first {:.1} ms, then p50 {:.1} ms, p99 {:.1} ms",
         fold.as_secs_f64(),
         rows_total as f64 / fold.as_secs_f64(),
         rss_mib("VmRSS:").saturating_sub(rss_before),
         shown.0,
         shown.1 >> 10,
+        first.as_secs_f64() * 1e3,
         pct(0.5, &times).as_secs_f64() * 1e3,
         pct(0.99, &times).as_secs_f64() * 1e3,
     );

@@ -3,7 +3,7 @@
 //!
 //! Why not the `sketches-ddsketch` crate: its store is dense (one counter per bucket between
 //! the smallest and largest value seen, ~3 KB for 1 ms…5 s), and the rollups keep one sketch
-//! per (minute, edge, response code, flags) — hundreds of thousands of them. Access-log
+//! per (minute, latency group of label sets) — hundreds of thousands of them. Access-log
 //! durations are whole milliseconds, so a minute's edge rarely has more than a few dozen
 //! distinct buckets; the sparse store keeps those only.
 
