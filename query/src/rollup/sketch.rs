@@ -134,11 +134,6 @@ impl LatencySketch {
         }
         self.bins.last().map(|b| Self::value(b.0))
     }
-
-    /// Approximate heap size, for memory accounting.
-    pub fn heap_bytes(&self) -> usize {
-        self.bins.capacity() * std::mem::size_of::<(i32, u64)>()
-    }
 }
 
 /// Quantiles of the union of several sketches without building the union: the graph has
