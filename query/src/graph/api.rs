@@ -236,11 +236,28 @@ async fn graph(State(s): State<GraphState>, RawQuery(raw): RawQuery) -> Response
         Err(r) => return r.into_response(),
     };
     match p.format {
-        Format::Json => match tokio::task::spawn_blocking(move || super::to_json(&g)).await {
-            Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-            Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        },
+        Format::Json => {
+            match tokio::task::spawn_blocking(move || super::to_json_chunks(&g)).await {
+                Ok(Ok(chunks)) => {
+                    let len: usize = chunks.iter().map(Vec::len).sum();
+                    let body = axum::body::Body::from_stream(futures::stream::iter(
+                        chunks
+                            .into_iter()
+                            .map(|c| Ok::<_, std::convert::Infallible>(bytes::Bytes::from(c))),
+                    ));
+                    (
+                        [
+                            (header::CONTENT_TYPE, "application/json".to_string()),
+                            (header::CONTENT_LENGTH, len.to_string()),
+                        ],
+                        body,
+                    )
+                        .into_response()
+                }
+                Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        }
         Format::Kiali => axum::Json(render::kiali(&g)).into_response(),
         Format::Dot => (
             [(header::CONTENT_TYPE, "text/vnd.graphviz; charset=utf-8")],

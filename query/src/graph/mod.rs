@@ -1209,14 +1209,21 @@ fn on_two_threads<A, B: Send>(
     })
 }
 
-/// The graph as JSON, what `serde_json::to_vec` gives, with a big graph's edges rendered on
-/// two threads (they are most of the bytes: 27 MB at 20k edges).
+/// The graph as JSON, exactly `serde_json::to_vec(g)`, in one buffer.
 pub fn to_json(g: &Graph) -> serde_json::Result<Vec<u8>> {
+    Ok(to_json_chunks(g)?.concat())
+}
+
+/// The graph as JSON, exactly `serde_json::to_vec(g)`, in pieces to send one after the
+/// other: a big graph's edges are rendered on two threads, each into a buffer sized for its
+/// half up front, and not copied again into one (27 MB at 10k edges: growing and joining the
+/// buffers faulted in and copied about twice that per request).
+pub fn to_json_chunks(g: &Graph) -> serde_json::Result<Vec<Vec<u8>>> {
     if g.edges.len() < PARALLEL_EDGES {
-        return serde_json::to_vec(g);
+        return Ok(vec![serde_json::to_vec(g)?]);
     }
     /// The graph with its edges left out; `edges` is the last field of both, so the
-    /// rendering ends in `"edges":[]}` and the edges are spliced in before `]}`.
+    /// rendering ends in `"edges":[]}` and the edges go in before `]}`.
     #[derive(Serialize)]
     struct Head<'a> {
         graph_type: GraphType,
@@ -1228,10 +1235,22 @@ pub fn to_json(g: &Graph) -> serde_json::Result<Vec<u8>> {
         nodes: &'a [Node],
         edges: [Edge; 0],
     }
+    /// Edges `[a, b, …]` without the brackets. An edge takes about 1.5 KB; room for 2 KB
+    /// each costs nothing where it stays unused (pages are only faulted in when written).
+    fn edges_json(edges: &[Edge]) -> serde_json::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(edges.len() * 2048);
+        for (i, e) in edges.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut out, e)?;
+        }
+        Ok(out)
+    }
     let (a, b) = g.edges.split_at(g.edges.len() / 2);
-    let (first, second) = on_two_threads(|| serde_json::to_vec(a), || serde_json::to_vec(b));
+    let (first, second) = on_two_threads(|| edges_json(a), || edges_json(b));
     let (first, second) = (first?, second?);
-    let mut out = serde_json::to_vec(&Head {
+    let mut head = serde_json::to_vec(&Head {
         graph_type: g.graph_type,
         from: g.from,
         to: g.to,
@@ -1241,15 +1260,9 @@ pub fn to_json(g: &Graph) -> serde_json::Result<Vec<u8>> {
         nodes: &g.nodes,
         edges: [],
     })?;
-    debug_assert!(out.ends_with(b"[]}"));
-    out.truncate(out.len() - 2);
-    out.reserve(first.len() + second.len());
-    // Each half is a JSON array: drop its brackets, join with a comma.
-    out.extend_from_slice(&first[1..first.len() - 1]);
-    out.push(b',');
-    out.extend_from_slice(&second[1..second.len() - 1]);
-    out.extend_from_slice(b"]}");
-    Ok(out)
+    debug_assert!(head.ends_with(b"[]}"));
+    head.truncate(head.len() - 2);
+    Ok(vec![head, first, b",".to_vec(), second, b"]}".to_vec()])
 }
 
 /// Breaker state of one edge from its source proxies' stats for the destination service.
