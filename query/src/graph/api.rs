@@ -324,4 +324,63 @@ mod tests {
             1_700_000_000_000_000_000
         );
     }
+
+    /// A graph big enough to be rendered in pieces goes out whole: one JSON document of the
+    /// length the header says.
+    #[tokio::test]
+    async fn a_big_graph_is_sent_in_pieces_that_make_one_document() {
+        use meshscope_schemas::Table;
+        use meshscope_schemas::rows::{RequestRow, requests_batch};
+        use tower::ServiceExt;
+        let rollups = Rollups::start(crate::rollup::RollupConfig::default());
+        rollups.mark_loaded();
+        let t = now_ns() - 120_000_000_000;
+        let rows: Vec<RequestRow> = (0..3000)
+            .map(|i| RequestRow {
+                start_time_unix_nano: t,
+                response_code: 200,
+                duration_ms: 5,
+                reporter: Some("destination".into()),
+                request_protocol: Some("http".into()),
+                source_namespace: Some("default".into()),
+                source_workload: Some(format!("client-{}", i % 50)),
+                destination_namespace: Some("default".into()),
+                destination_workload: Some(format!("svc-{i}-v1")),
+                destination_service: Some(format!("svc-{i}.default.svc.cluster.local")),
+                destination_service_name: Some(format!("svc-{i}")),
+                ..Default::default()
+            })
+            .collect();
+        rollups.fold(Table::Requests, &requests_batch(&rows).unwrap());
+        let app = routes(GraphState {
+            rollups,
+            health: HealthConfig::default(),
+        });
+        let req = axum::http::Request::get("/api/v1/graph?window=10m")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let res = app.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let declared: usize = res.headers()[header::CONTENT_LENGTH]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let body = http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(body.len(), declared);
+        let g: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let edges = g["edges"].as_array().unwrap();
+        assert_eq!(
+            edges.len(),
+            6000,
+            "caller → service → workload for 3,000 services"
+        );
+        assert!(edges.len() >= super::super::PARALLEL_EDGES);
+        let requests: u64 = edges.iter().map(|e| e["requests"].as_u64().unwrap()).sum();
+        assert_eq!(requests, 6000);
+        assert_eq!(g["nodes"].as_array().unwrap().len(), 50 + 3000 + 3000);
+    }
 }
