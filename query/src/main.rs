@@ -19,7 +19,29 @@ use meshscope_query::sql::{QueryEngine, SqlLimits, batches_to_json};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in mimalloc.h: 15 in every release since 2.1 (v3 included).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// mimalloc gives memory a thread freed back to the OS after `purge_delay` (1 s by
+/// default), and the kernel zeroes it again when it is next touched. The store's buffer is
+/// allocated by the receivers and freed by each flush, about every second under load, so
+/// much of it went back and forth: with the delay at 10 s, OTLP ingest took 15-25% less CPU
+/// per span (session 12), for ~100 MiB more resident memory while under load. Memory
+/// unused for 10 s still goes back. `MIMALLOC_PURGE_DELAY` in the environment wins.
+fn tune_allocator() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
+    // SAFETY: plain calls into mimalloc's option table, made before any other thread runs.
+    unsafe {
+        if libmimalloc_sys::mi_version() >= 210 {
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10_000);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = match config::parse_from(std::env::args().collect()) {
         Ok(c) => c,
         Err(e) => {
