@@ -862,26 +862,19 @@ fn build_with<'st>(
         })
         .collect();
     let mut from_spans: FastMap<KeyId, KeyWindow<'_>> = FastMap::default();
+    let unlogged = |id: &KeyId| {
+        let k = key(id);
+        !logged.contains(&(
+            k.get(Label::SourceCanonicalService),
+            k.get(Label::DestinationServiceName),
+        ))
+    };
     for bucket in st.span_edges.cover(b_from, b_to) {
-        for (id, a) in bucket {
-            let k = key(id);
-            let p = (
-                k.get(Label::SourceCanonicalService),
-                k.get(Label::DestinationServiceName),
-            );
-            if !logged.contains(&p) {
-                from_spans.entry(*id).or_default().add(a);
-            }
+        for (id, a) in bucket.iter().filter(|(id, _)| unlogged(id)) {
+            from_spans.entry(*id).or_default().add(a);
         }
-        for (id, sketch) in &bucket.latency {
-            let k = key(id);
-            let p = (
-                k.get(Label::SourceCanonicalService),
-                k.get(Label::DestinationServiceName),
-            );
-            if !logged.contains(&p) {
-                from_spans.entry(*id).or_default().add_sketch(sketch);
-            }
+        for (id, sketch) in bucket.latency.iter().filter(|(id, _)| unlogged(id)) {
+            from_spans.entry(*id).or_default().add_sketch(sketch);
         }
     }
     window.extend(from_spans);

@@ -575,33 +575,19 @@ fn shared_latency_sketches_give_each_edge_its_own_percentiles() {
             .wrapping_add(1442695040888963407);
         ((x >> 33) % 900) as i64 + 1
     };
-    let at = |minute: i64, i: i64| T0 + minute * 60 * S + (i % 60) * S;
+    // productpage → reviews-v1 as `reporter` saw it, or a local reply (no workload reached).
+    let mut at = |minute: i64, i: i64, reporter: &str, reached: bool, code, flags| {
+        let dst = reached.then_some(("reviews-v1", "v1"));
+        let mut r = row(reporter, "productpage-v1", dst, code, flags, ms());
+        r.start_time_unix_nano = T0 + minute * 60 * S + (i % 60) * S;
+        r
+    };
     // Minute 0: the groups' first label sets (code 200), alone in their batch.
     let mut first = Vec::new();
     for i in 0..40 {
-        let mut a = row(
-            "destination",
-            "productpage-v1",
-            Some(("reviews-v1", "v1")),
-            200,
-            None,
-            ms(),
-        );
-        a.start_time_unix_nano = at(0, i);
-        first.push(a);
-        let mut b = row(
-            "source",
-            "productpage-v1",
-            Some(("reviews-v1", "v1")),
-            200,
-            None,
-            ms(),
-        );
-        b.start_time_unix_nano = at(0, i);
-        first.push(b);
-        let mut c = row("source", "productpage-v1", None, 503, Some("UO"), ms());
-        c.start_time_unix_nano = at(0, i);
-        first.push(c);
+        first.push(at(0, i, "destination", true, 200, None));
+        first.push(at(0, i, "source", true, 200, None));
+        first.push(at(0, i, "source", false, 503, Some("UO")));
     }
     r.fold(Table::Requests, &requests_batch(&first).unwrap());
     // Minutes 1-4: other codes and flags of the same groups.
@@ -610,33 +596,15 @@ fn shared_latency_sketches_give_each_edge_its_own_percentiles() {
     for i in 0..1200 {
         let minute = 1 + i % 4;
         let code = [500, 404, 503][i as usize % 3];
-        let mut a = row(
-            "destination",
-            "productpage-v1",
-            Some(("reviews-v1", "v1")),
-            code,
-            None,
-            ms(),
-        );
-        a.start_time_unix_nano = at(minute, i);
-        dest.push(a.duration_ms as f64);
-        rest.push(a);
-        let mut b = row(
-            "source",
-            "productpage-v1",
-            Some(("reviews-v1", "v1")),
-            code,
-            None,
-            ms(),
-        );
-        b.start_time_unix_nano = at(minute, i);
-        src.push(b.duration_ms as f64);
-        rest.push(b);
         let flags = ["FI", "UO", "NR"][i as usize % 3];
-        let mut c = row("source", "productpage-v1", None, 503, Some(flags), ms());
-        c.start_time_unix_nano = at(minute, i);
-        local.push(c.duration_ms as f64);
-        rest.push(c);
+        for (r, into) in [
+            (at(minute, i, "destination", true, code, None), &mut dest),
+            (at(minute, i, "source", true, code, None), &mut src),
+            (at(minute, i, "source", false, 503, Some(flags)), &mut local),
+        ] {
+            into.push(r.duration_ms as f64);
+            rest.push(r);
+        }
     }
     r.fold(Table::Requests, &requests_batch(&rest).unwrap());
     let st = r.read();
