@@ -279,22 +279,22 @@ fn percentiles_agree_with_the_raw_durations_across_buckets() {
     let mut q = query(GraphType::Workload);
     q.to_ns = T0 + 300 * S;
     let g = build(&r.read(), 60, &q);
-    let e = &g.edges[0];
-    durations.sort_by(f64::total_cmp);
-    for (q, got) in [
-        (0.5, e.latency_ms.p50),
-        (0.95, e.latency_ms.p95),
-        (0.99, e.latency_ms.p99),
-    ] {
-        let want = durations[nearest_rank(q, durations.len() as u64) as usize - 1];
+    assert_latency_matches("edge", &g.edges[0].latency_ms, &mut durations);
+}
+
+/// p50/p95/p99 within 1% of the raw durations' nearest-rank values; the average exact.
+fn assert_latency_matches(what: &str, l: &Latency, raw: &mut [f64]) {
+    raw.sort_by(f64::total_cmp);
+    for (q, got) in [(0.5, l.p50), (0.95, l.p95), (0.99, l.p99)] {
+        let want = raw[nearest_rank(q, raw.len() as u64) as usize - 1];
         let got = got.unwrap();
         assert!(
             (got - want).abs() <= 0.01 * want,
-            "p{q}: sketch {got}, raw {want}"
+            "{what} p{q}: sketch {got}, raw {want}"
         );
     }
-    let avg = durations.iter().sum::<f64>() / durations.len() as f64;
-    assert!((e.latency_ms.avg.unwrap() - avg).abs() < 1e-3);
+    let avg = raw.iter().sum::<f64>() / raw.len() as f64;
+    assert!((l.avg.unwrap() - avg).abs() < 1e-3, "{what} avg");
 }
 
 #[test]
@@ -624,19 +624,7 @@ fn shared_latency_sketches_give_each_edge_its_own_percentiles() {
     q.from_ns = T0 + 60 * S;
     q.to_ns = T0 + 300 * S;
     let g = build(&st, 60, &q);
-    let check = |what: &str, l: &Latency, raw: &mut Vec<f64>| {
-        raw.sort_by(f64::total_cmp);
-        for (q, got) in [(0.5, l.p50), (0.95, l.p95), (0.99, l.p99)] {
-            let want = raw[nearest_rank(q, raw.len() as u64) as usize - 1];
-            let got = got.unwrap();
-            assert!(
-                (got - want).abs() <= 0.01 * want,
-                "{what} p{q}: sketch {got}, raw {want}"
-            );
-        }
-        let avg = raw.iter().sum::<f64>() / raw.len() as f64;
-        assert!((l.avg.unwrap() - avg).abs() < 1e-3, "{what} avg");
-    };
+    let check = assert_latency_matches;
     let e = edge(
         &g,
         "workload:default/productpage-v1",
