@@ -1438,9 +1438,13 @@ fn writer_thread(inner: Arc<Inner>, mut rx: mpsc::Receiver<WalMsg>, mut seg: wal
                     // The new segment starts with every position logged so far, so the
                     // closed one can be deleted once flushed.
                     let res = wal::SegmentWriter::create(&inner.cfg.wal_dir, closed + 1)
-                        .and_then(|mut s| {
-                            write_positions_snapshot(&inner, &mut s)?;
-                            Ok(s)
+                        .and_then(|mut s| match write_positions_snapshot(&inner, &mut s) {
+                            Ok(()) => Ok(s),
+                            // Leave the file empty, so no later record follows a torn one.
+                            Err(e) => {
+                                let _ = s.rollback(0);
+                                Err(e)
+                            }
                         })
                         .map(|s| {
                             seg = s;
