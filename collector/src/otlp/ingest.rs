@@ -188,12 +188,7 @@ pub async fn export_logs(
 /// Refuses a request before it is decoded while storage is over its buffer limit
 /// (`Store::admit`), counted as throttled like a refused append.
 pub fn admit(state: &OtlpState) -> Result<(), OtlpError> {
-    state.store.admit().map_err(|e| {
-        if matches!(e, StoreError::Overloaded(..)) {
-            OtlpStats::add(&state.stats.requests_throttled, 1);
-        }
-        e.into()
-    })
+    throttled(state, state.store.admit())
 }
 
 async fn append(
@@ -204,7 +199,7 @@ async fn append(
     throttled(state, state.store.append(table, batch).await)
 }
 
-/// An append's outcome, an overload counted as throttled.
+/// A storage outcome (append or admission), an overload counted as throttled.
 fn throttled<T>(state: &OtlpState, r: Result<T, StoreError>) -> Result<(), OtlpError> {
     match r {
         Ok(_) => Ok(()),
