@@ -164,11 +164,9 @@ pub fn encode_otlp_traces_record(request: &[u8]) -> Vec<u8> {
 }
 
 fn decode_payload(payload: &[u8]) -> Result<Decoded, String> {
-    if payload[0] & POSITIONS != 0 {
-        return decode_positioned(payload);
-    }
-    if payload[0] & OTLP_TRACES != 0 {
-        let tag = payload[0] & !OTLP_TRACES;
+    let flags = payload[0];
+    if flags & OTLP_TRACES != 0 {
+        let tag = flags & !OTLP_TRACES;
         if Table::from_tag(tag) != Some(Table::Spans) {
             return Err(format!("an OTLP trace export record with table tag {tag}"));
         }
@@ -193,46 +191,30 @@ fn decode_payload(payload: &[u8]) -> Result<Decoded, String> {
             positions: Vec::new(),
         });
     }
-    let tag = payload[0] & !WHOLE_LZ4;
-    let table = Table::from_tag(tag).ok_or_else(|| format!("unknown table tag {tag}"))?;
     let hour = i64::from_le_bytes(
         payload[1..9]
             .try_into()
             .map_err(|_| "short header".to_string())?,
     );
     let inflated;
-    let body = if payload[0] & WHOLE_LZ4 != 0 {
+    let mut body = if flags & WHOLE_LZ4 != 0 {
         inflated = inflate(&payload[9..])?;
         &inflated[..]
     } else {
         &payload[9..]
     };
-    Ok(Decoded {
-        records: vec![WalRecord {
-            table,
-            hour,
-            batch: read_batch(body)?,
-        }],
-        positions: Vec::new(),
-    })
-}
-
-/// A record with [`POSITIONS`]: positions, then rows unless the table tag is 0.
-fn decode_positioned(payload: &[u8]) -> Result<Decoded, String> {
-    if payload[0] & WHOLE_LZ4 == 0 || payload[0] & OTLP_TRACES != 0 {
-        return Err(format!("a positions record with tag {:#x}", payload[0]));
+    let mut positions = Vec::new();
+    if flags & POSITIONS != 0 {
+        if flags & WHOLE_LZ4 == 0 {
+            return Err(format!("a positions record with tag {flags:#x}"));
+        }
+        (positions, body) = take_positions(body)?;
     }
-    let tag = payload[0] & !(WHOLE_LZ4 | POSITIONS);
-    let hour = i64::from_le_bytes(
-        payload[1..9]
-            .try_into()
-            .map_err(|_| "short header".to_string())?,
-    );
-    let inflated = inflate(&payload[9..])?;
-    let (positions, rest) = take_positions(&inflated)?;
-    if tag == 0 {
-        if !rest.is_empty() {
-            return Err(format!("{} bytes after a positions snapshot", rest.len()));
+    let tag = flags & !(WHOLE_LZ4 | POSITIONS);
+    // Table tag 0: a positions snapshot, no rows.
+    if tag == 0 && flags & POSITIONS != 0 {
+        if !body.is_empty() {
+            return Err(format!("{} bytes after a positions snapshot", body.len()));
         }
         return Ok(Decoded {
             records: Vec::new(),
@@ -244,7 +226,7 @@ fn decode_positioned(payload: &[u8]) -> Result<Decoded, String> {
         records: vec![WalRecord {
             table,
             hour,
-            batch: read_batch(rest)?,
+            batch: read_batch(body)?,
         }],
         positions,
     })
