@@ -241,25 +241,12 @@ impl Bucket {
         self.aggs.keys()
     }
 
-    pub fn values(&self) -> impl Iterator<Item = &EdgeAgg> {
-        self.aggs.values()
-    }
-
     pub fn len(&self) -> usize {
         self.aggs.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.aggs.is_empty()
-    }
-}
-
-impl<'a> IntoIterator for &'a Bucket {
-    type Item = (&'a KeyId, &'a EdgeAgg);
-    type IntoIter = std::collections::hash_map::Iter<'a, KeyId, EdgeAgg>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.aggs.iter()
     }
 }
 
@@ -666,7 +653,7 @@ mod tests {
             let cover = t.cover(from, to);
             let got: u64 = cover
                 .iter()
-                .flat_map(|b| b.values())
+                .flat_map(|b| b.aggs.values())
                 .map(|a| a.requests)
                 .sum();
             assert_eq!(got, want, "window {from}..{to}");
