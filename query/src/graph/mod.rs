@@ -1202,11 +1202,6 @@ fn on_two_threads<A, B: Send>(
     })
 }
 
-/// The graph as JSON, exactly `serde_json::to_vec(g)`, in one buffer.
-pub fn to_json(g: &Graph) -> serde_json::Result<Vec<u8>> {
-    Ok(to_json_chunks(g)?.concat())
-}
-
 /// The graph as JSON, exactly `serde_json::to_vec(g)`, in pieces to send one after the
 /// other: a big graph's edges are rendered on two threads, each into a buffer sized for its
 /// half up front, and not copied again into one (27 MB at 10k edges: growing and joining the
