@@ -1286,17 +1286,19 @@ fn access_log_row(s: &SpanRow) -> meshscope_schemas::rows::RequestRow {
         .upstream_cluster
         .as_deref()
         .and_then(meshscope_schemas::envoy::IstioCluster::parse);
+    use meshscope_schemas::rows::Text;
+    let t = |v: &Option<String>| v.as_deref().map(Text::from);
     meshscope_schemas::rows::RequestRow {
         start_time_unix_nano: s.start_time_unix_nano,
-        method: s.http_method.clone(),
+        method: t(&s.http_method),
         path: s
             .http_url
             .as_deref()
             .and_then(|u| u.splitn(4, '/').nth(3))
-            .map(|p| format!("/{p}")),
-        protocol: s.http_protocol.clone(),
+            .map(|p| Text::from(format!("/{p}"))),
+        protocol: t(&s.http_protocol),
         response_code: s.http_status_code.unwrap_or(0),
-        response_flags: s.response_flags.clone(),
+        response_flags: t(&s.response_flags),
         bytes_sent: s
             .attributes
             .iter()
@@ -1304,11 +1306,11 @@ fn access_log_row(s: &SpanRow) -> meshscope_schemas::rows::RequestRow {
             .and_then(|(_, v)| v.parse().ok())
             .unwrap_or(0),
         duration_ms: s.duration_ns / MS,
-        user_agent: s.user_agent.clone(),
-        request_id: s.request_id.clone(),
-        upstream_host: s.upstream_address.clone(),
-        upstream_cluster: s.upstream_cluster.clone(),
-        downstream_remote_address: s.peer_address.clone(),
+        user_agent: t(&s.user_agent),
+        request_id: t(&s.request_id),
+        upstream_host: t(&s.upstream_address),
+        upstream_cluster: t(&s.upstream_cluster),
+        downstream_remote_address: t(&s.peer_address),
         route_name: Some("default".into()),
         reporter: Some(
             if s.kind == "client" {
@@ -1319,12 +1321,12 @@ fn access_log_row(s: &SpanRow) -> meshscope_schemas::rows::RequestRow {
             .into(),
         ),
         request_protocol: Some("http".into()),
-        proxy: pod.as_ref().map(|p| p.pod.clone()),
-        destination_service: outbound.as_ref().and_then(|c| c.host.clone()),
+        proxy: pod.as_ref().map(|p| p.pod.as_str().into()),
+        destination_service: outbound.as_ref().and_then(|c| t(&c.host)),
         destination_service_name: outbound
             .as_ref()
-            .and_then(|c| c.service_name().map(str::to_string)),
-        destination_subset: outbound.as_ref().and_then(|c| c.subset.clone()),
+            .and_then(|c| c.service_name().map(Text::from)),
+        destination_subset: outbound.as_ref().and_then(|c| t(&c.subset)),
         destination_port: outbound.as_ref().and_then(|c| c.port),
         log_source: Some("push".into()),
         ..Default::default()

@@ -80,7 +80,7 @@ fn run_one(edges: usize, rps: usize, minutes: usize, iterations: usize) -> anyho
             let mut row = RequestRow {
                 start_time_unix_nano: t + (i as i64) * 1000,
                 response_code: code,
-                response_flags: flags.map(str::to_string),
+                response_flags: flags.map(Into::into),
                 duration_ms: (next() % 200) as i64 + if r % 50 == 0 { 1000 } else { 1 },
                 bytes_received: 100,
                 bytes_sent: 1000 + (r % 500) as i64,
@@ -94,17 +94,17 @@ fn run_one(edges: usize, rps: usize, minutes: usize, iterations: usize) -> anyho
                 ),
                 request_protocol: Some("http".into()),
                 source_namespace: Some("bench".into()),
-                source_workload: Some(format!("client-{src}")),
-                source_app: Some(format!("client-{src}")),
+                source_workload: Some(format!("client-{src}").into()),
+                source_app: Some(format!("client-{src}").into()),
                 source_version: Some("v1".into()),
-                destination_service: Some(format!("svc-{e}.bench.svc.cluster.local")),
-                destination_service_name: Some(format!("svc-{e}")),
+                destination_service: Some(format!("svc-{e}.bench.svc.cluster.local").into()),
+                destination_service_name: Some(format!("svc-{e}").into()),
                 ..Default::default()
             };
             if !local {
                 row.destination_namespace = Some("bench".into());
-                row.destination_workload = Some(format!("svc-{e}-v1"));
-                row.destination_app = Some(format!("svc-{e}"));
+                row.destination_workload = Some(format!("svc-{e}-v1").into());
+                row.destination_app = Some(format!("svc-{e}").into());
                 row.destination_version = Some("v1".into());
             }
             batch.push(row);

@@ -19,7 +19,7 @@
 //! the `RowEnricher` the ingest path runs.
 
 use meshscope_schemas::TraceId;
-use meshscope_schemas::rows::RequestRow;
+use meshscope_schemas::rows::{RequestRow, Text};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
@@ -84,6 +84,7 @@ pub fn requests_from_request(
                 .find(|kv| kv.key == *k)
                 .map(|kv| value::text(kv.value.as_ref()))
                 .filter(|s| !s.is_empty())
+                .map(Text::from)
         });
         for (si, sl) in rl.scope_logs.into_iter().enumerate() {
             for (li, record) in sl.log_records.into_iter().enumerate() {
@@ -163,7 +164,7 @@ fn request_row(
     } else if traceparent.is_some() {
         row.trace_id = traceparent;
     }
-    row.log_source = Some(LOG_SOURCE.to_string());
+    row.log_source = Some(Text::const_new(LOG_SOURCE));
     Ok(row)
 }
 
@@ -179,7 +180,7 @@ enum Applied {
 fn apply_field(row: &mut RequestRow, key: &str, v: Option<&AnyValue>) -> Applied {
     let text = || {
         let t = value::text(v);
-        (!t.is_empty() && t != "-").then_some(t)
+        (!t.is_empty() && t != "-").then(|| Text::from(t))
     };
     let int = || value::int(v);
     match key {

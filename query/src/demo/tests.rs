@@ -122,10 +122,13 @@ fn lines_parse_into_both_ends_of_each_call() {
         assert_eq!(out.rejected, vec![], "{line}");
         let r = &out.rows[0];
         let key = (
-            r.reporter.clone().unwrap_or_default(),
-            r.source_workload.clone().unwrap_or_default(),
-            r.destination_workload.clone().unwrap_or_default(),
-            r.response_flags.clone().unwrap_or_default(),
+            r.reporter.as_deref().unwrap_or_default().to_string(),
+            r.source_workload.as_deref().unwrap_or_default().to_string(),
+            r.destination_workload
+                .as_deref()
+                .unwrap_or_default()
+                .to_string(),
+            r.response_flags.as_deref().unwrap_or_default().to_string(),
         );
         *edges.entry(key).or_default() += 1;
         assert!(r.request_id.is_some());

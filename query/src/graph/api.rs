@@ -343,11 +343,11 @@ mod tests {
                 reporter: Some("destination".into()),
                 request_protocol: Some("http".into()),
                 source_namespace: Some("default".into()),
-                source_workload: Some(format!("client-{}", i % 50)),
+                source_workload: Some(format!("client-{}", i % 50).into()),
                 destination_namespace: Some("default".into()),
-                destination_workload: Some(format!("svc-{i}-v1")),
-                destination_service: Some(format!("svc-{i}.default.svc.cluster.local")),
-                destination_service_name: Some(format!("svc-{i}")),
+                destination_workload: Some(format!("svc-{i}-v1").into()),
+                destination_service: Some(format!("svc-{i}.default.svc.cluster.local").into()),
+                destination_service_name: Some(format!("svc-{i}").into()),
                 ..Default::default()
             })
             .collect();

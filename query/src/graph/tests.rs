@@ -1,5 +1,7 @@
 use meshscope_schemas::Table;
-use meshscope_schemas::rows::{RequestRow, StatSampleRow, requests_batch, stat_samples_batch};
+use meshscope_schemas::rows::{
+    RequestRow, StatSampleRow, Text, requests_batch, stat_samples_batch,
+};
 
 use super::*;
 use crate::rollup::sketch::nearest_rank;
@@ -17,12 +19,12 @@ fn row(
     ms: i64,
 ) -> RequestRow {
     let (dst_wl, dst_ver) = dst.map_or((None, None), |(w, v)| {
-        (Some(w.to_string()), Some(v.to_string()))
+        (Some(Text::from(w)), Some(Text::from(v)))
     });
     RequestRow {
         start_time_unix_nano: T0 + 10 * S,
         response_code: code,
-        response_flags: flags.map(str::to_string),
+        response_flags: flags.map(Text::from),
         duration_ms: ms,
         bytes_received: 10,
         bytes_sent: 100,
@@ -32,11 +34,11 @@ fn row(
         source_workload: Some(src.into()),
         source_app: Some(src.trim_end_matches("-v1").into()),
         source_version: Some("v1".into()),
-        destination_namespace: dst.map(|_| "default".to_string()),
+        destination_namespace: dst.map(|_| "default".into()),
         destination_workload: dst_wl.clone(),
         destination_app: dst_wl
             .as_ref()
-            .map(|w| w.split('-').next().unwrap_or(w).to_string()),
+            .map(|w| w.split('-').next().unwrap_or(w).into()),
         destination_version: dst_ver,
         destination_service: Some("reviews.default.svc.cluster.local".into()),
         destination_service_name: Some("reviews".into()),
@@ -488,8 +490,8 @@ fn big_graphs_built_on_two_threads_equal_the_single_thread_build() {
         let src = format!("client-{}-v1", i % 50);
         let mut r = |reporter: &str, dst: Option<(&str, &str)>, code, flags, ms| {
             let mut x = row(reporter, &src, dst, code, flags, ms);
-            x.destination_service = Some(format!("{svc}.default.svc.cluster.local"));
-            x.destination_service_name = Some(svc.clone());
+            x.destination_service = Some(format!("{svc}.default.svc.cluster.local").into());
+            x.destination_service_name = Some(svc.clone().into());
             rows.push(x);
         };
         let (v1, v2) = (format!("{svc}-v1"), format!("{svc}-v2"));
@@ -509,8 +511,8 @@ fn big_graphs_built_on_two_threads_equal_the_single_thread_build() {
                 None,
                 4 + a,
             );
-            x.destination_service = Some(format!("alias-{a}.default.svc.cluster.local"));
-            x.destination_service_name = Some(format!("alias-{a}"));
+            x.destination_service = Some(format!("alias-{a}.default.svc.cluster.local").into());
+            x.destination_service_name = Some(format!("alias-{a}").into());
             rows.push(x);
         }
     }

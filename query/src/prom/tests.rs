@@ -36,8 +36,8 @@ fn rows() -> Vec<RequestRow> {
             source_namespace: Some("default".into()),
             source_workload: Some("productpage-v1".into()),
             destination_namespace: Some("default".into()),
-            destination_workload: Some(format!("{dest}-v1")),
-            destination_service: Some(format!("{dest}.default.svc.cluster.local")),
+            destination_workload: Some(format!("{dest}-v1").into()),
+            destination_service: Some(format!("{dest}.default.svc.cluster.local").into()),
             destination_service_name: Some(dest.into()),
             ..Default::default()
         });

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use meshscope_schemas::envoy::{IstioCluster, IstioNodeId, Reporter};
-use meshscope_schemas::rows::RequestRow;
+use meshscope_schemas::rows::{RequestRow, Text};
 
 /// The proxy (or the workload behind an address). All parts are optional: a receiver fills
 /// what it learned from the log file path, the node id or the Kubernetes API.
@@ -261,7 +261,7 @@ fn derive(
 ) {
     fill(&mut row.proxy, proxy.pod.as_deref().or(proxy.ip.as_deref()));
     if row.request_protocol.is_none() {
-        row.request_protocol = Some(request_protocol(row).to_string());
+        row.request_protocol = Some(Text::const_new(request_protocol(row)));
     }
     let cluster = cluster_name.and_then(ClusterRef::parse);
     let Some(reporter) = cluster
@@ -352,11 +352,11 @@ fn is_grpc_path(path: &str) -> bool {
     service.contains('.') && service.split('.').all(ident) && ident(method)
 }
 
-fn fill(slot: &mut Option<String>, value: Option<&str>) {
+fn fill(slot: &mut Option<Text>, value: Option<&str>) {
     if slot.is_none()
         && let Some(v) = value
     {
-        *slot = Some(v.to_string());
+        *slot = Some(Text::from(v));
     }
 }
 

@@ -25,7 +25,7 @@ mod tests;
 use std::fmt;
 use std::time::Instant;
 
-use meshscope_schemas::rows::RequestRow;
+use meshscope_schemas::rows::{RequestRow, Text};
 
 pub use container::{
     ContainerLine, ContainerLineJoiner, ContainerLogError, ContainerLogFile, Stream,
@@ -224,9 +224,10 @@ pub struct ParseOutcome {
 
 impl ParseOutcome {
     /// Room for one row per line: rows are about a kilobyte each, and growing the vector
-    /// by doubling costs more than counting newlines.
+    /// by doubling costs more than counting newlines (with SIMD; a plain byte filter was a
+    /// fifth of parsing).
     fn with_capacity_for(text: &str) -> ParseOutcome {
-        let lines = text.bytes().filter(|&b| b == b'\n').count() + 1;
+        let lines = memchr::memchr_iter(b'\n', text.as_bytes()).count() + 1;
         ParseOutcome {
             rows: Vec::with_capacity(lines),
             rejected: Vec::new(),
@@ -328,7 +329,12 @@ impl Batch<'_> {
     ) -> ParseOutcome {
         let mut out = ParseOutcome::with_capacity_for(text);
         let mut scratch = Scratch::default();
-        for (i, line) in text.split('\n').enumerate() {
+        let mut start = 0;
+        let ends = memchr::memchr_iter(b'\n', text.as_bytes()).chain([text.len()]);
+        for (i, end) in ends.enumerate() {
+            // `\n` is ASCII, so both ends are char boundaries.
+            let line = &text[start..end];
+            start = end + 1;
             if !line.trim().is_empty() {
                 each(&mut out, i + 1, line, &mut scratch);
             }
@@ -370,7 +376,7 @@ impl Batch<'_> {
         }
         derive_identity(sink.row, self.proxy, self.book);
         if !self.log_source.is_empty() {
-            sink.row.log_source = Some(self.log_source.to_string());
+            sink.row.log_source = Some(Text::from(self.log_source));
         }
     }
 }

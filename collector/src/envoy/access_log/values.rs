@@ -2,6 +2,7 @@
 //! parsers so both treat `-`, numbers, times and trace ids the same way.
 
 use meshscope_schemas::TraceId;
+use meshscope_schemas::rows::Text;
 
 use super::Sink;
 use super::format::Target;
@@ -13,8 +14,8 @@ pub(crate) fn nullable(v: &str) -> Option<&str> {
 }
 
 #[inline]
-fn opt_string(v: &str) -> Option<String> {
-    nullable(v).map(str::to_string)
+fn opt_string(v: &str) -> Option<Text> {
+    nullable(v).map(Text::from)
 }
 
 /// What a value should have looked like; becomes the end of a `LineError::Value` message.
