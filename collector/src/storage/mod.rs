@@ -4,8 +4,9 @@
 //! and hands it to the WAL writer thread, which group-commits (one write + one fsync for every
 //! append that arrived meanwhile), puts the rows into the in-memory Arrow buffer, and only
 //! then acknowledges. A flush rotates the WAL, writes each (table, hour) of the closed
-//! segments as one sorted Parquet file (temporary name, then rename), records it in the hour
-//! manifest, and deletes the WAL segments it covered. Compaction merges an hour's small files;
+//! segments as one Parquet file (temporary name, then rename), records it in the hour
+//! manifest, and deletes the WAL segments it covered. Compaction merges an hour's small files
+//! into one sorted file (a flush keeps arrival order: see `segment::encode_segment`);
 //! retention drops whole hours.
 //!
 //! Read path: `Store::snapshot` hands out the buffered batches and manifest files of a table
@@ -1136,7 +1137,7 @@ impl Store {
         Ok(rows)
     }
 
-    /// Sorts and encodes batches as one Parquet file of `(table, hour)`, written under a
+    /// Encodes batches as one Parquet file (sorted if `level` > 0) of `(table, hour)`, written under a
     /// temporary name and renamed into place.
     async fn write_segment(
         &self,
@@ -1146,7 +1147,7 @@ impl Store {
         level: u32,
     ) -> Result<(FileEntry, usize), StoreError> {
         let (batches, bytes) = tokio::task::spawn_blocking(move || {
-            let bytes = segment::encode_sorted_parquet(table, &batches, level)?;
+            let bytes = segment::encode_segment(table, &batches, level)?;
             Ok::<_, StoreError>((batches, bytes))
         })
         .await

@@ -1,5 +1,5 @@
-//! Parquet segments: how buffered batches become one sorted, compressed, bloom-filtered file,
-//! and how a segment is read back (compaction).
+//! Parquet segments: how buffered batches become one compressed, bloom-filtered file (in
+//! arrival order for a flush, sorted for compaction), and how a segment is read back.
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::{
@@ -66,10 +66,19 @@ fn segment_order(
     Ok(order.values().iter().map(|&i| at[i as usize]).collect())
 }
 
-/// Encodes a table's batches as one Parquet file (compaction `level`, 0 for a flush) in
-/// segment order (`segment_order`). The rows are copied once, from the batches straight into
-/// sorted chunks of `SORT_CHUNK_ROWS` that the writer encodes one after the other.
-pub fn encode_sorted_parquet(
+/// Encodes a table's batches as one Parquet file at compaction `level`.
+///
+/// - **Compaction (`level` ≥ 1)** writes the rows in segment order (`segment_order`): they
+///   are copied once, from the batches straight into sorted chunks of `SORT_CHUNK_ROWS` that
+///   the writer encodes one after the other. Sorted files are what trace lookups prune by
+///   page (trace-id min/max and the page index), and the file says so in its metadata.
+/// - **A flush (`level` 0)** writes the batches as they arrived. Sorting them cost a fifth of
+///   an OTLP receiver's CPU (a random gather over the whole buffer), and compaction sorts
+///   every row of the hour again anyway; until then, lookups skip a flushed file's row groups
+///   by their bloom filters on trace id and request id, and read the rest whole (a flush is
+///   at most `flush_rows` rows). Arrival order is close to time order, so time pruning
+///   still works.
+pub fn encode_segment(
     table: Table,
     batches: &[RecordBatch],
     level: u32,
@@ -83,16 +92,23 @@ pub fn encode_sorted_parquet(
         table.schema(),
         Some(writer_properties(table, rows, level)),
     )?;
-    let order = if rows == 0 {
-        Vec::new()
+    if is_sorted(level) && rows > 0 {
+        let order = segment_order(table, &batches)?;
+        for chunk in order.chunks(SORT_CHUNK_ROWS) {
+            w.write(&interleave_record_batch(&batches, chunk)?)?;
+        }
     } else {
-        segment_order(table, &batches)?
-    };
-    for chunk in order.chunks(SORT_CHUNK_ROWS) {
-        w.write(&interleave_record_batch(&batches, chunk)?)?;
+        for b in batches {
+            w.write(b)?;
+        }
     }
     w.close()?;
     Ok(out)
+}
+
+/// Whether a file of compaction `level` has its rows in segment order.
+pub fn is_sorted(level: u32) -> bool {
+    level > 0
 }
 
 /// zstd level of files a flush writes: fast, since most of them are merged again soon.
@@ -104,8 +120,10 @@ pub const COMPACTED_ZSTD_LEVEL: i32 = 6;
 pub fn writer_properties(table: Table, rows: usize, level: u32) -> WriterProperties {
     let schema = table.schema();
     let sort_idx = schema.index_of(table.sort_column()).unwrap_or(0) as i32;
-    // Page-level min/max only where rows are sorted or clustered (the sort key and time);
-    // elsewhere page statistics cost bytes and prune nothing.
+    // Page-level min/max only where rows are sorted or clustered (the sort key of a sorted
+    // file, and time, which arrival order roughly follows); elsewhere page statistics cost
+    // bytes and prune nothing.
+    let sorted = is_sorted(level);
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(if level == 0 {
@@ -118,7 +136,11 @@ pub fn writer_properties(table: Table, rows: usize, level: u32) -> WriterPropert
         .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_column_statistics_enabled(
             ColumnPath::from(table.sort_column()),
-            EnabledStatistics::Page,
+            if sorted {
+                EnabledStatistics::Page
+            } else {
+                EnabledStatistics::Chunk
+            },
         )
         .set_column_statistics_enabled(
             ColumnPath::from(table.time_column()),
@@ -126,11 +148,13 @@ pub fn writer_properties(table: Table, rows: usize, level: u32) -> WriterPropert
         )
         .set_data_page_row_count_limit(PAGE_ROWS)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .set_sorting_columns(Some(vec![SortingColumn {
-            column_idx: sort_idx,
-            descending: false,
-            nulls_first: false,
-        }]));
+        .set_sorting_columns(sorted.then(|| {
+            vec![SortingColumn {
+                column_idx: sort_idx,
+                descending: false,
+                nulls_first: false,
+            }]
+        }));
     if table == Table::Spans {
         // Measured on 1M bookinfo spans (`meshscope bench storage`): nanosecond times in
         // trace-id order compress best byte-stream-split without a dictionary (5.6 → 3.9 and
@@ -306,8 +330,9 @@ mod tests {
             t[15] = 1 + (r % 9) as u8;
             t
         });
+        // Compacted files (level 1 and up) are sorted.
         let decoded = |batches: &[RecordBatch]| {
-            let bytes = encode_sorted_parquet(Table::Spans, batches, 0).unwrap();
+            let bytes = encode_segment(Table::Spans, batches, 1).unwrap();
             let parts = decode_parquet(Bytes::from(bytes)).unwrap();
             concat_batches(&Table::Spans.schema(), &parts).unwrap()
         };
@@ -345,6 +370,28 @@ mod tests {
         assert_eq!(
             entry.max_trace_id.unwrap(),
             hex_of(ids.value(ids.len() - 1))
+        );
+
+        // A flush (level 0) keeps arrival order, and its metadata claims no sort order;
+        // a compacted file's does.
+        let all = concat_batches(&Table::Spans.schema(), &many).unwrap();
+        let flushed = encode_segment(Table::Spans, &many, 0).unwrap();
+        let parts = decode_parquet(Bytes::from(flushed.clone())).unwrap();
+        assert_eq!(concat_batches(&Table::Spans.schema(), &parts).unwrap(), all);
+        let sorting = |bytes: Vec<u8>| {
+            let meta = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(bytes))
+                .unwrap()
+                .metadata()
+                .clone();
+            meta.row_groups()
+                .iter()
+                .map(|g| g.sorting_columns().is_some())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(sorting(flushed), vec![false]);
+        assert_eq!(
+            sorting(encode_segment(Table::Spans, &many, 1).unwrap()),
+            vec![true]
         );
     }
 }
