@@ -1051,12 +1051,13 @@ const API_LOOKUPS: usize = 30;
 const COLD_LOOKUPS: usize = 5;
 
 /// Stores `spans` bookinfo spans plus one access-log row per span (what each sidecar logs,
-/// without a trace id, as Istio's default format has none), flushes and compacts them, then
+/// without a trace id, as Istio's default format has none), flushes and (if `compact`)
+/// compacts them, then
 /// times the trace APIs through their HTTP handlers: `/api/v1/traces/{id}`,
 /// `/api/v1/requests/{id}` and `/jaeger/api/traces/{id}`. Warm: the same engine, other ids.
 /// Cold: a freshly opened store and engine (no Parquet footer verified or cached yet; the
 /// OS page cache is not dropped). Every answer is checked against what was generated.
-pub async fn lookup(spans: usize, dir: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn lookup(spans: usize, dir: Option<PathBuf>, compact: bool) -> anyhow::Result<()> {
     use crate::traces::TraceService;
     ensure!(spans > 0, "--spans must be at least 1");
     let (root, _tmp) = bench_dir(dir)?;
@@ -1108,7 +1109,11 @@ pub async fn lookup(spans: usize, dir: Option<PathBuf>) -> anyhow::Result<()> {
         .await?;
     }
     store.flush().await?;
-    let compacted = store.compact(true).await?;
+    let compacted = if compact {
+        store.compact(true).await?
+    } else {
+        0
+    };
     let files = |t: Table| {
         store
             .manifests(t)

@@ -301,6 +301,10 @@ pub enum BenchWhat {
         /// Where to put the data [default: a temporary directory].
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Look up in the files the flushes wrote (arrival order, many per hour) instead of
+        /// compacting every hour into one sorted file first.
+        #[arg(long)]
+        no_compact: bool,
     },
     /// OTLP load generator: sends bookinfo spans to a receiver, prints spans acked per second.
     Otlp(OtlpBenchOpts),

@@ -97,9 +97,11 @@ async fn run(cmd: Command) -> anyhow::Result<()> {
                     batch,
                     dir,
                 } => meshscope_query::bench::storage(spans, writers, batch, dir).await,
-                BenchWhat::Lookup { spans, dir } => {
-                    meshscope_query::bench::lookup(spans, dir).await
-                }
+                BenchWhat::Lookup {
+                    spans,
+                    dir,
+                    no_compact,
+                } => meshscope_query::bench::lookup(spans, dir, !no_compact).await,
                 BenchWhat::Graph {
                     edges,
                     rps,
