@@ -1064,6 +1064,10 @@ pub async fn lookup(spans: usize, dir: Option<PathBuf>, compact: bool) -> anyhow
     let mut cfg = StoreConfig::local(&root);
     // Loading is not what is measured here.
     cfg.fsync = FsyncPolicy::Never;
+    if !compact {
+        // No background compaction either, however long the loading takes.
+        cfg.compaction_min_files = usize::MAX;
+    }
     let store = Store::open(cfg.clone()).await?;
     let t = Instant::now();
     let data = generate(spans, 50_000, now_ns());

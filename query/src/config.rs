@@ -302,7 +302,7 @@ pub enum BenchWhat {
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Look up in the files the flushes wrote (arrival order, many per hour) instead of
-        /// compacting every hour into one sorted file first.
+        /// compacting every hour into one sorted file first; background compaction is off.
         #[arg(long)]
         no_compact: bool,
     },

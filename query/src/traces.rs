@@ -619,7 +619,8 @@ impl TraceService {
     }
 
     /// Every stored span of one trace (unordered). Pruned by the trace id: the hour
-    /// manifests' trace-id ranges, then the bloom filters and page index.
+    /// manifests' trace-id ranges, then the bloom filters and (in compacted, sorted files)
+    /// the page index.
     pub async fn trace_spans(&self, id: &TraceId) -> Result<Vec<SpanRow>, TraceError> {
         self.trace_spans_within(id, None).await
     }

@@ -72,12 +72,16 @@ fn segment_order(
 ///   are copied once, from the batches straight into sorted chunks of `SORT_CHUNK_ROWS` that
 ///   the writer encodes one after the other. Sorted files are what trace lookups prune by
 ///   page (trace-id min/max and the page index), and the file says so in its metadata.
-/// - **A flush (`level` 0)** writes the batches as they arrived. Sorting them cost a fifth of
-///   an OTLP receiver's CPU (a random gather over the whole buffer), and compaction sorts
-///   every row of the hour again anyway; until then, lookups skip a flushed file's row groups
-///   by their bloom filters on trace id and request id, and read the rest whole (a flush is
-///   at most `flush_rows` rows). Arrival order is close to time order, so time pruning
-///   still works.
+/// - **A flush (`level` 0)** of spans or requests writes the batches as they arrived.
+///   Sorting them cost a fifth of an OTLP receiver's CPU (a random gather over the whole
+///   buffer), and compaction (of an hour with `compaction_min_files` files) sorts every row
+///   of the hour again. Lookups skip a flushed file's row groups by their bloom filters on
+///   trace id and request id, and read the rest without page pruning; an hour that never
+///   gets enough files for compaction keeps its files in arrival order. Arrival order is
+///   close to time order, so time pruning still works.
+/// - **A flush of stat samples** is sorted (by metric, then time): that table has no bloom
+///   filters to stand in for the order, Prometheus queries select by metric, and its
+///   volume is small.
 pub fn encode_segment(
     table: Table,
     batches: &[RecordBatch],
@@ -92,7 +96,7 @@ pub fn encode_segment(
         table.schema(),
         Some(writer_properties(table, rows, level)),
     )?;
-    if is_sorted(level) && rows > 0 {
+    if is_sorted(table, level) && rows > 0 {
         let order = segment_order(table, &batches)?;
         for chunk in order.chunks(SORT_CHUNK_ROWS) {
             w.write(&interleave_record_batch(&batches, chunk)?)?;
@@ -106,9 +110,10 @@ pub fn encode_segment(
     Ok(out)
 }
 
-/// Whether a file of compaction `level` has its rows in segment order.
-pub fn is_sorted(level: u32) -> bool {
-    level > 0
+/// Whether a file of `table` at compaction `level` has its rows in segment order: compacted
+/// files always, flushed ones only for tables without bloom filters (stat samples).
+pub fn is_sorted(table: Table, level: u32) -> bool {
+    level > 0 || table.bloom_filter_columns().is_empty()
 }
 
 /// zstd level of files a flush writes: fast, since most of them are merged again soon.
@@ -123,7 +128,7 @@ pub fn writer_properties(table: Table, rows: usize, level: u32) -> WriterPropert
     // Page-level min/max only where rows are sorted or clustered (the sort key of a sorted
     // file, and time, which arrival order roughly follows); elsewhere page statistics cost
     // bytes and prune nothing.
-    let sorted = is_sorted(level);
+    let sorted = is_sorted(table, level);
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(if level == 0 {
@@ -393,5 +398,51 @@ mod tests {
             sorting(encode_segment(Table::Spans, &many, 1).unwrap()),
             vec![true]
         );
+    }
+
+    #[test]
+    fn a_flush_sorts_stat_samples_but_keeps_requests_in_arrival_order() {
+        use meshscope_schemas::rows::{
+            RequestRow, StatSampleRow, requests_batch, stat_samples_batch,
+        };
+        let metrics = ["z_total", "a_total", "m_total", "a_total"];
+        let samples: Vec<StatSampleRow> = metrics
+            .iter()
+            .enumerate()
+            .map(|(i, m)| StatSampleRow {
+                time_unix_nano: 10 - i as i64,
+                proxy: "p".into(),
+                metric: (*m).into(),
+                kind: "counter".into(),
+                ..Default::default()
+            })
+            .collect();
+        let flushed = |table: Table, batch: RecordBatch| {
+            let bytes = encode_segment(table, &[batch], 0).unwrap();
+            concat_batches(
+                &table.schema(),
+                &decode_parquet(Bytes::from(bytes)).unwrap(),
+            )
+            .unwrap()
+        };
+        let got = flushed(Table::StatSamples, stat_samples_batch(&samples).unwrap());
+        let got: Vec<&str> = got
+            .column_by_name("metric")
+            .unwrap()
+            .as_string::<i32>()
+            .iter()
+            .map(Option::unwrap)
+            .collect();
+        assert_eq!(got, ["a_total", "a_total", "m_total", "z_total"]);
+
+        let requests: Vec<RequestRow> = [30, 10, 20]
+            .iter()
+            .map(|&t| RequestRow {
+                start_time_unix_nano: t,
+                ..Default::default()
+            })
+            .collect();
+        let batch = requests_batch(&requests).unwrap();
+        assert_eq!(flushed(Table::Requests, batch.clone()), batch);
     }
 }
