@@ -121,7 +121,8 @@ pub struct ServerOpts {
     #[arg(long, env = "MESHSCOPE_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
     pub retention: Duration,
 
-    /// Compact an hour partition once it has this many files.
+    /// The current hour: merge files once this many of one level (flushes are level 0) have
+    /// gathered. A past hour is merged into one sorted file whatever its count.
     #[arg(long, env = "MESHSCOPE_COMPACTION_MIN_FILES", default_value_t = 8)]
     pub compaction_min_files: usize,
 

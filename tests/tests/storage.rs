@@ -402,6 +402,83 @@ async fn retention_removes_old_partitions_and_nothing_newer() {
     store.shutdown().await.unwrap();
 }
 
+/// The maintenance pass (`compact(false)`): the current hour is merged in tiers of
+/// `compaction_min_files` files of one level; a past hour becomes one sorted file, even when
+/// it has a single flushed file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_compacts_the_current_hour_in_tiers_and_a_past_hour_whole() {
+    use meshscope_collector::storage::segment::decode_parquet;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.compaction_min_files = 3;
+    let store = Store::open(c).await.unwrap();
+    let now = hour_start_ns(0) + 1;
+    // Far enough back to be closed even with the tests' one-hour flush interval.
+    let past = hour_start_ns(3);
+    let mut expected = Vec::new();
+    let mut flush = |rows: Vec<_>| {
+        let b = spans_batch(&rows).unwrap();
+        expected.extend(rows_of(std::slice::from_ref(&b)));
+        let store = store.clone();
+        async move {
+            store.append(Table::Spans, b).await.unwrap();
+            store.flush().await.unwrap();
+        }
+    };
+    // Trace ids descending, so a sorted file differs from arrival order.
+    flush((0..40u64).rev().map(|i| span(i, past)).collect()).await;
+    for k in 0..5u64 {
+        flush((0..20u64).map(|i| span(1000 + k * 20 + i, now)).collect()).await;
+    }
+    let levels = |hour_ns: i64| {
+        let hour = hour_ns.div_euclid(1_000_000_000) / 3600 * 3600;
+        let m = store.manifests(Table::Spans);
+        let m = m.iter().find(|m| m.hour == hour).unwrap();
+        let mut l: Vec<u32> = m.files.iter().map(|f| f.level).collect();
+        l.sort();
+        (l, m.files.clone())
+    };
+    assert_eq!(levels(past).0, vec![0]);
+    assert_eq!(levels(now).0, vec![0; 5]);
+
+    // The past hour's lone file is rewritten sorted; the current hour's five flushes fill the
+    // level-0 tier (three or more files), so they are merged into one level-1 file.
+    assert_eq!(store.compact(false).await.unwrap(), 2);
+    let (l, files) = levels(past);
+    assert_eq!(l, vec![1]);
+    let path = format!("/{}", files[0].path);
+    let batches = decode_parquet(std::fs::read(path).unwrap().into()).unwrap();
+    let ids: Vec<Vec<u8>> = batches
+        .iter()
+        .flat_map(|b| {
+            let col = b.column_by_name("trace_id").unwrap();
+            let ids = arrow::array::AsArray::as_fixed_size_binary(col.as_ref());
+            (0..arrow::array::Array::len(ids))
+                .map(|i| ids.value(i).to_vec())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(ids.len(), 40);
+    assert!(ids.windows(2).all(|w| w[0] <= w[1]), "sorted by trace id");
+    assert_eq!(levels(now).0, vec![1]);
+    // Nothing is left to do until a tier fills again; the level-1 file does not count
+    // towards the level-0 tier.
+    assert_eq!(store.compact(false).await.unwrap(), 0);
+    for k in 0..2u64 {
+        flush((0..20u64).map(|i| span(2000 + k * 20 + i, now)).collect()).await;
+    }
+    assert_eq!(store.compact(false).await.unwrap(), 0);
+    assert_eq!(levels(now).0, vec![0, 0, 1]);
+    flush((0..20u64).map(|i| span(3000 + i, now)).collect()).await;
+    assert_eq!(store.compact(false).await.unwrap(), 1);
+    assert_eq!(levels(now).0, vec![1, 1]);
+
+    expected.sort();
+    let engine = QueryEngine::new(store.clone()).unwrap();
+    assert_eq!(select_all(&engine, Table::Spans).await, expected);
+    store.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_merges_an_hour_into_one_sorted_file() {
     let dir = tempfile::tempdir().unwrap();

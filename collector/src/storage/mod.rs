@@ -298,7 +298,11 @@ struct Inner {
     state: RwLock<State>,
     writer: Mutex<Option<mpsc::Sender<WalMsg>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Held by flushes, quarantine and manifest updates (briefly). Compaction and retention
+    /// take `compact_lock` first and this one only to update a manifest, so a compaction
+    /// that reads and rewrites a big hour does not hold up flushes (and so appends).
     flush_lock: tokio::sync::Mutex<()>,
+    compact_lock: tokio::sync::Mutex<()>,
     stats: StoreStats,
     quarantine: Mutex<Vec<Quarantined>>,
     verified: Mutex<HashSet<String>>,
@@ -332,6 +336,44 @@ impl std::fmt::Debug for Store {
         f.debug_struct("Store")
             .field("location", &self.inner.cfg.location)
             .finish()
+    }
+}
+
+/// How [`compaction_inputs`] picks the files of one hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compaction {
+    /// Every file, if there are two or more (`Store::compact(true)`).
+    Whole,
+    /// A past hour (ended at least a flush interval ago): every file, if there are two or
+    /// more or its only file is a flush's unsorted one. Each past hour ends as one sorted file.
+    Closed,
+    /// The current hour: the lowest level that has `min_files` files is merged into one file
+    /// a level up. A row is then rewritten about log_min(files) times in the hour, not at
+    /// every pass as when the whole hour was merged each time.
+    Tiered { min_files: usize },
+}
+
+/// The files of one hour of `table` that compaction merges now; empty: leave the hour be.
+pub fn compaction_inputs(table: Table, files: &[FileEntry], rule: Compaction) -> Vec<FileEntry> {
+    match rule {
+        Compaction::Whole if files.len() >= 2 => files.to_vec(),
+        Compaction::Closed
+            if files.len() >= 2 || files.iter().any(|f| !segment::is_sorted(table, f.level)) =>
+        {
+            files.to_vec()
+        }
+        Compaction::Tiered { min_files } => {
+            let mut levels: BTreeMap<u32, Vec<&FileEntry>> = BTreeMap::new();
+            for f in files {
+                levels.entry(f.level).or_default().push(f);
+            }
+            levels
+                .into_values()
+                .find(|tier| tier.len() >= min_files.max(2))
+                .map(|tier| tier.into_iter().cloned().collect())
+                .unwrap_or_default()
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -395,6 +437,7 @@ impl Store {
             writer: Mutex::new(None),
             writer_thread: Mutex::new(None),
             flush_lock: tokio::sync::Mutex::new(()),
+            compact_lock: tokio::sync::Mutex::new(()),
             stats: StoreStats::default(),
             quarantine: Mutex::new(Vec::new()),
             verified: Mutex::new(HashSet::new()),
@@ -437,6 +480,8 @@ impl Store {
             .unwrap_or_else(|e| e.into_inner()) = Some(handle);
         let bg = store.clone();
         tokio::spawn(async move { bg.background().await });
+        let maintenance = store.clone();
+        tokio::spawn(async move { maintenance.maintenance().await });
         Ok(store)
     }
 
@@ -1173,31 +1218,39 @@ impl Store {
 
     // ---- compaction and retention ----
 
-    /// Merges each hour that has at least `compaction_min_files` files (or, with `force`, at
-    /// least two) into one file. Returns how many hours were compacted.
+    /// Merges files of each hour as [`compaction_inputs`] picks them (with `force`: every
+    /// hour of two or more files into one). Returns how many merges were done.
     pub async fn compact(&self, force: bool) -> Result<usize, StoreError> {
         if self.inner.cfg.read_only {
             return Err(StoreError::ReadOnly);
         }
-        let _g = self.inner.flush_lock.lock().await;
-        let min = if force {
-            2
-        } else {
-            self.inner.cfg.compaction_min_files.max(2)
-        };
-        let candidates: Vec<HourManifest> = self
+        let _c = self.inner.compact_lock.lock().await;
+        let closed_before =
+            (now_ns() / 1_000_000_000) - 3600 - self.inner.cfg.flush_interval.as_secs() as i64;
+        let candidates: Vec<(Table, i64, Vec<FileEntry>)> = self
             .state_read()
             .manifests
             .values()
-            .filter(|m| m.files.len() >= min)
-            .cloned()
+            .filter_map(|m| {
+                let table = Table::from_name(&m.table).ok()?;
+                let rule = if force {
+                    Compaction::Whole
+                } else if m.hour <= closed_before {
+                    Compaction::Closed
+                } else {
+                    Compaction::Tiered {
+                        min_files: self.inner.cfg.compaction_min_files.max(2),
+                    }
+                };
+                let inputs = compaction_inputs(table, &m.files, rule);
+                (!inputs.is_empty()).then_some((table, m.hour, inputs))
+            })
             .collect();
         let mut done = 0;
-        for m in candidates {
-            let table = Table::from_name(&m.table)?;
+        for (table, hour, files) in candidates {
             let mut batches = Vec::new();
             let mut inputs = Vec::new();
-            for f in &m.files {
+            for f in &files {
                 let path = Path::from(f.path.as_str());
                 let read = async {
                     segment::decode_parquet(self.inner.objects.get(&path).await?.bytes().await?)
@@ -1212,22 +1265,27 @@ impl Store {
                     }
                 }
             }
-            if inputs.len() < 2 {
+            // A file that could not be read stays as it is, and the others are merged if two
+            // or more remain. A lone file is rewritten only when it was picked alone (the
+            // unsorted file of a past hour).
+            if inputs.is_empty() || (inputs.len() < files.len() && inputs.len() < 2) {
                 continue;
             }
             let level = inputs.iter().map(|f| f.level).max().unwrap_or(0) + 1;
-            let (entry, _) = self.write_segment(table, m.hour, batches, level).await?;
-            let mut updated = self
-                .state_read()
-                .manifests
-                .get(&(table, m.hour))
-                .cloned()
-                .unwrap_or(m.clone());
-            updated
-                .files
-                .retain(|f| !inputs.iter().any(|i| i.path == f.path));
-            updated.files.push(entry);
-            self.write_manifest(table, updated).await?;
+            let (entry, _) = self.write_segment(table, hour, batches, level).await?;
+            {
+                let _g = self.inner.flush_lock.lock().await;
+                // Flushes may have added files meanwhile; only the inputs are replaced.
+                let Some(mut updated) = self.state_read().manifests.get(&(table, hour)).cloned()
+                else {
+                    continue;
+                };
+                updated
+                    .files
+                    .retain(|f| !inputs.iter().any(|i| i.path == f.path));
+                updated.files.push(entry);
+                self.write_manifest(table, updated).await?;
+            }
             let at = Instant::now();
             self.inner
                 .pending_deletes
@@ -1246,6 +1304,7 @@ impl Store {
         if self.inner.cfg.read_only {
             return Err(StoreError::ReadOnly);
         }
+        let _c = self.inner.compact_lock.lock().await;
         let _g = self.inner.flush_lock.lock().await;
         let cutoff_s =
             (now_unix_ns - self.inner.cfg.retention.as_nanos() as i64).div_euclid(1_000_000_000);
@@ -1311,18 +1370,21 @@ impl Store {
         }
     }
 
+    /// Whether the WAL writer still runs (background tasks stop when it does not).
+    fn running(&self) -> bool {
+        self.inner
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// Flushes when the buffer is due.
     async fn background(&self) {
-        let mut last_maintenance = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tick.tick().await;
-            if self
-                .inner
-                .writer
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_none()
-            {
+            if !self.running() {
                 return;
             }
             let due = {
@@ -1340,6 +1402,19 @@ impl Store {
             };
             if due && let Err(e) = self.flush().await {
                 warn!(error = %e, "flush failed; the rows stay in the WAL and the next flush retries");
+            }
+        }
+    }
+
+    /// Compaction, retention and deleting replaced files, every `maintenance_interval`. A task
+    /// of its own, so that a long compaction does not hold up the flushes.
+    async fn maintenance(&self) {
+        let mut last_maintenance = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            if !self.running() {
+                return;
             }
             if last_maintenance.elapsed() >= self.inner.cfg.maintenance_interval {
                 last_maintenance = Instant::now();

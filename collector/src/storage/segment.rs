@@ -74,11 +74,10 @@ fn segment_order(
 ///   page (trace-id min/max and the page index), and the file says so in its metadata.
 /// - **A flush (`level` 0)** of spans or requests writes the batches as they arrived.
 ///   Sorting them cost a fifth of an OTLP receiver's CPU (a random gather over the whole
-///   buffer), and compaction (of an hour with `compaction_min_files` files) sorts every row
-///   of the hour again. Lookups skip a flushed file's row groups by their bloom filters on
-///   trace id and request id, and read the rest without page pruning; an hour that never
-///   gets enough files for compaction keeps its files in arrival order. Arrival order is
-///   close to time order, so time pruning still works.
+///   buffer), and compaction sorts every row again: in tiers during the hour, and into one
+///   file once the hour is over (`Store::compact`). Until then lookups skip a flushed file's
+///   row groups by their bloom filters on trace id and request id, and read the rest without
+///   page pruning. Arrival order is close to time order, so time pruning still works.
 /// - **A flush of stat samples** is sorted (by metric, then time): that table has no bloom
 ///   filters to stand in for the order, Prometheus queries select by metric, and its
 ///   volume is small.

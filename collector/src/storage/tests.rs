@@ -104,3 +104,52 @@ async fn positions_are_replayed_with_their_rows_or_not_at_all() {
     assert_eq!(rows(&store.snapshot(Table::StatSamples, None, None)), 2);
     assert_eq!(store.positions()["src a"], "1");
 }
+
+#[test]
+fn compaction_merges_tiers_of_the_current_hour_and_all_of_a_past_one() {
+    let f = |path: &str, level: u32| FileEntry {
+        path: path.into(),
+        rows: 1,
+        bytes: 1,
+        min_time: 0,
+        max_time: 0,
+        min_trace_id: None,
+        max_trace_id: None,
+        level,
+    };
+    let picked = |table: Table, files: &[FileEntry], rule: Compaction| -> Vec<String> {
+        compaction_inputs(table, files, rule)
+            .into_iter()
+            .map(|f| f.path)
+            .collect()
+    };
+    let tiered = Compaction::Tiered { min_files: 3 };
+    // The current hour: two flushes are not a tier yet, three are; the merged file of an
+    // earlier tier stays out of it.
+    assert!(picked(Table::Spans, &[f("a", 0), f("b", 0)], tiered).is_empty());
+    let hour = [f("big", 1), f("a", 0), f("b", 0), f("c", 0)];
+    assert_eq!(picked(Table::Spans, &hour, tiered), ["a", "b", "c"]);
+    // The lowest full tier goes first.
+    let hour = [f("x", 1), f("a", 0), f("y", 1), f("z", 1), f("b", 0)];
+    assert_eq!(picked(Table::Spans, &hour, tiered), ["x", "y", "z"]);
+    assert!(picked(Table::Spans, &hour[..3], tiered).is_empty());
+
+    // A past hour ends as one sorted file: everything is merged, and a lone flushed (unsorted)
+    // file is rewritten; a lone compacted file, or a stat-sample flush (sorted), is left be.
+    let closed = Compaction::Closed;
+    assert_eq!(
+        picked(Table::Spans, &[f("big", 2), f("late", 0)], closed),
+        ["big", "late"]
+    );
+    assert_eq!(picked(Table::Requests, &[f("a", 0)], closed), ["a"]);
+    assert!(picked(Table::Spans, &[f("big", 2)], closed).is_empty());
+    assert!(picked(Table::StatSamples, &[f("a", 0)], closed).is_empty());
+    assert!(picked(Table::Spans, &[], closed).is_empty());
+
+    // `compact(true)`: every hour of two or more files.
+    assert_eq!(
+        picked(Table::Spans, &[f("a", 0), f("big", 3)], Compaction::Whole),
+        ["a", "big"]
+    );
+    assert!(picked(Table::Spans, &[f("a", 0)], Compaction::Whole).is_empty());
+}
