@@ -14,7 +14,7 @@ pub(crate) fn nullable(v: &str) -> Option<&str> {
 }
 
 #[inline]
-fn opt_string(v: &str) -> Option<Text> {
+fn opt_text(v: &str) -> Option<Text> {
     nullable(v).map(Text::from)
 }
 
@@ -48,31 +48,31 @@ pub(crate) fn apply(sink: &mut Sink, target: Target, v: &str) -> Result<(), Expe
                 sink.has_start_time = true;
             }
         }
-        Target::Method => row.method = opt_string(v),
-        Target::Path => row.path = opt_string(v),
-        Target::Protocol => row.protocol = opt_string(v),
+        Target::Method => row.method = opt_text(v),
+        Target::Path => row.path = opt_text(v),
+        Target::Protocol => row.protocol = opt_text(v),
         Target::ResponseCode => row.response_code = int(v)?.unwrap_or(0),
-        Target::ResponseFlags => row.response_flags = opt_string(v),
-        Target::ResponseCodeDetails => row.response_code_details = opt_string(v),
-        Target::ConnectionTerminationDetails => row.connection_termination_details = opt_string(v),
+        Target::ResponseFlags => row.response_flags = opt_text(v),
+        Target::ResponseCodeDetails => row.response_code_details = opt_text(v),
+        Target::ConnectionTerminationDetails => row.connection_termination_details = opt_text(v),
         Target::UpstreamTransportFailureReason => {
-            row.upstream_transport_failure_reason = opt_string(v)
+            row.upstream_transport_failure_reason = opt_text(v)
         }
         Target::BytesReceived => row.bytes_received = int(v)?.unwrap_or(0),
         Target::BytesSent => row.bytes_sent = int(v)?.unwrap_or(0),
         Target::Duration => row.duration_ms = int(v)?.unwrap_or(0),
         Target::UpstreamServiceTime => row.upstream_service_time_ms = int(v)?,
-        Target::XForwardedFor => row.x_forwarded_for = opt_string(v),
-        Target::UserAgent => row.user_agent = opt_string(v),
-        Target::RequestId => row.request_id = opt_string(v),
-        Target::Authority => row.authority = opt_string(v),
-        Target::UpstreamHost => row.upstream_host = opt_string(v),
-        Target::UpstreamCluster => row.upstream_cluster = opt_string(v),
-        Target::UpstreamLocalAddress => row.upstream_local_address = opt_string(v),
-        Target::DownstreamLocalAddress => row.downstream_local_address = opt_string(v),
-        Target::DownstreamRemoteAddress => row.downstream_remote_address = opt_string(v),
-        Target::RequestedServerName => row.requested_server_name = opt_string(v),
-        Target::RouteName => row.route_name = opt_string(v),
+        Target::XForwardedFor => row.x_forwarded_for = opt_text(v),
+        Target::UserAgent => row.user_agent = opt_text(v),
+        Target::RequestId => row.request_id = opt_text(v),
+        Target::Authority => row.authority = opt_text(v),
+        Target::UpstreamHost => row.upstream_host = opt_text(v),
+        Target::UpstreamCluster => row.upstream_cluster = opt_text(v),
+        Target::UpstreamLocalAddress => row.upstream_local_address = opt_text(v),
+        Target::DownstreamLocalAddress => row.downstream_local_address = opt_text(v),
+        Target::DownstreamRemoteAddress => row.downstream_remote_address = opt_text(v),
+        Target::RequestedServerName => row.requested_server_name = opt_text(v),
+        Target::RouteName => row.route_name = opt_text(v),
         // A malformed traceparent is the client's problem, not the line's: the request still
         // happened, so the row is kept without a trace id.
         Target::Traceparent => {
