@@ -27,7 +27,7 @@ BIN="${MESHSCOPE_BIN:-$PWD/target/release/meshscope}"
 MS_GRPC=127.0.0.1:24317 MS_HTTP=127.0.0.1:24318 MS_API=127.0.0.1:24001
 RO_GRPC=127.0.0.1:25317 RO_HTTP=127.0.0.1:25318
 
-[ -x "$BIN" ] || { echo "no $BIN: run cargo build --release -p meshscope-query first" >&2; exit 1; }
+[ -x "$BIN" ] || { echo "no $BIN: run cargo build --release -p meshscope first" >&2; exit 1; }
 python3 -c 'import rotel' 2>/dev/null ||
   python3 -m pip install -q --disable-pip-version-check rotel
 ROTEL="$(python3 -c 'import rotel, os; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))')"

@@ -21,9 +21,10 @@ use meshscope_schemas::rows::SpanRow;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::api::time::{self, Epoch, now_ns};
 use crate::sql::{QueryEngine, SqlLimits};
 use crate::traces::{
-    Params, SpanSearch, TraceError, TraceService, is_error, now_ns, parse_duration, parse_limit,
+    Params, SpanSearch, TraceError, TraceService, is_error, parse_duration, parse_limit,
     parse_tags, parse_trace_id, span_attributes,
 };
 
@@ -375,15 +376,7 @@ async fn operations(State(svc): State<TraceService>, RawQuery(q): RawQuery) -> R
 
 /// µs since the epoch, as Jaeger's `start`/`end` parameters are.
 fn micros_param(name: &str, s: &str) -> Result<i64, TraceError> {
-    s.parse::<i64>()
-        .ok()
-        .and_then(|us| us.checked_mul(1_000))
-        .ok_or_else(|| {
-            TraceError::bad(
-                name,
-                format!("{s:?} is not a time: expected microseconds since the epoch"),
-            )
-        })
+    time::parse_time(s, Epoch::Micros).map_err(|e| TraceError::bad(name, e))
 }
 
 /// Jaeger's lookback: `1h`, `2d`, … (`custom` means start/end are given).

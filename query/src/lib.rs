@@ -1,19 +1,16 @@
-//! meshscope's query service: DataFusion over the store (`provider`), read-only SQL (`sql`),
-//! the HTTP API (`api`), configuration (`config`) and process wiring (`server`).
+//! meshscope's query service: DataFusion over the storage crate's `StoreReader` (`provider`),
+//! read-only SQL (`sql`), the rollups the graph and Prometheus read (`rollup`), the service
+//! graph (`graph`), traces and request lookups (`traces`), Jaeger (`jaeger`) and Prometheus
+//! (`prom`) APIs, all served by one router (`api`).
+//!
+//! It reads and never writes: it must never import the collector (`meshscope-collector`), the
+//! storage engine beyond the reader handle, or the application crate.
 
 pub mod api;
-pub mod bench;
-pub mod bench_graph;
-pub mod bench_otlp;
-pub mod config;
-pub mod demo;
 pub mod graph;
-pub mod ingest;
 pub mod jaeger;
 pub mod prom;
 pub mod provider;
 pub mod rollup;
-pub mod server;
 pub mod sql;
 pub mod traces;
-pub mod ui;

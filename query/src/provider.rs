@@ -20,15 +20,15 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
-use meshscope_collector::Store;
-use meshscope_collector::storage::manifest::FileEntry;
-use meshscope_collector::storage::segment::hex_of;
 use meshscope_schemas::Table;
+use meshscope_storage::StoreReader;
+use meshscope_storage::manifest::FileEntry;
+use meshscope_storage::segment::hex_of;
 
 #[derive(Debug)]
 pub struct StoreTable {
     table: Table,
-    store: Store,
+    store: StoreReader,
     url: ObjectStoreUrl,
 }
 
@@ -43,7 +43,7 @@ pub struct ScanBounds {
 }
 
 impl StoreTable {
-    pub fn new(table: Table, store: Store) -> Result<StoreTable> {
+    pub fn new(table: Table, store: StoreReader) -> Result<StoreTable> {
         let url = ObjectStoreUrl::parse(store.object_store_url())?;
         Ok(StoreTable { table, store, url })
     }

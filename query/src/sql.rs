@@ -9,8 +9,8 @@ use datafusion::error::DataFusionError;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
-use meshscope_collector::Store;
 use meshscope_schemas::Table;
+use meshscope_storage::StoreReader;
 
 use crate::provider::StoreTable;
 
@@ -79,11 +79,12 @@ pub struct SqlOutput {
 #[derive(Clone)]
 pub struct QueryEngine {
     ctx: SessionContext,
-    store: Store,
+    store: StoreReader,
 }
 
 impl QueryEngine {
-    pub fn new(store: Store) -> Result<QueryEngine, DataFusionError> {
+    pub fn new(store: impl Into<StoreReader>) -> Result<QueryEngine, DataFusionError> {
+        let store = store.into();
         let mut cfg = SessionConfig::new().with_information_schema(true);
         cfg.options_mut().execution.parquet.pushdown_filters = true;
         cfg.options_mut().execution.parquet.reorder_filters = true;
@@ -100,7 +101,7 @@ impl QueryEngine {
         Ok(QueryEngine { ctx, store })
     }
 
-    pub fn store(&self) -> &Store {
+    pub fn store(&self) -> &StoreReader {
         &self.store
     }
 

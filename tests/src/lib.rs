@@ -34,7 +34,7 @@ pub fn meshscope_bin() -> PathBuf {
         let _g = BUILD.lock().unwrap_or_else(|e| e.into_inner());
         let release = dir.file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args(["build", "-q", "-p", "meshscope-query", "--bin", "meshscope"]);
+        cmd.args(["build", "-q", "-p", "meshscope", "--bin", "meshscope"]);
         if release {
             cmd.arg("--release");
         }

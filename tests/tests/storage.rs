@@ -4,11 +4,10 @@
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
-use meshscope_collector::storage::wal;
-use meshscope_collector::{Store, StoreConfig, StoreError};
 use meshscope_query::sql::{QueryEngine, SqlLimits, batches_to_json};
 use meshscope_schemas::Table;
 use meshscope_schemas::rows::{requests_batch, spans_batch, stat_samples_batch};
+use meshscope_storage::{Store, StoreConfig, StoreError, wal};
 use meshscope_tests::{hour_start_ns, request, span, stat};
 use serde_json::Value;
 
@@ -407,7 +406,7 @@ async fn retention_removes_old_partitions_and_nothing_newer() {
 /// it has a single flushed file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_compacts_the_current_hour_in_tiers_and_a_past_hour_whole() {
-    use meshscope_collector::storage::segment::decode_parquet;
+    use meshscope_storage::segment::decode_parquet;
     let dir = tempfile::tempdir().unwrap();
     let mut c = cfg(dir.path());
     c.compaction_min_files = 3;

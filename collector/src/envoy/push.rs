@@ -9,23 +9,23 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::post;
 use meshscope_schemas::Table;
 use meshscope_schemas::rows::{requests_batch, stat_samples_batch};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::access_log::{
     AccessLogFormat, AddressBook, ContainerLineJoiner, ProxyIdentity, parse_container_lines,
 };
 use super::stats::parse_stats;
-use crate::{Store, StoreError};
+use meshscope_storage::{StoreError, StoreWriter};
+
+use crate::http::{error, ingest_response, store_error};
 
 /// Counters of one receiver, for `/metrics`.
 #[derive(Debug, Default)]
@@ -46,7 +46,7 @@ impl ReceiverCounters {
 /// Shared by the Envoy receivers: the store, the access-log format, and the address book
 /// (IP → workload) learned from proxies.
 pub struct EnvoyIngest {
-    pub store: Store,
+    pub store: StoreWriter,
     pub format: AccessLogFormat,
     pub book: RwLock<AddressBook>,
     pub accesslog: ReceiverCounters,
@@ -56,7 +56,8 @@ pub struct EnvoyIngest {
 }
 
 impl EnvoyIngest {
-    pub fn new(store: Store, format: AccessLogFormat) -> Arc<EnvoyIngest> {
+    pub fn new(store: impl Into<StoreWriter>, format: AccessLogFormat) -> Arc<EnvoyIngest> {
+        let store = store.into();
         Arc::new(EnvoyIngest {
             store,
             format,
@@ -117,47 +118,6 @@ pub fn routes(state: Arc<EnvoyIngest>) -> Router {
         .route("/api/v1/ingest/accesslog", post(push_accesslog))
         .route("/api/v1/ingest/stats", post(push_stats))
         .with_state(state)
-}
-
-/// A JSON error body `{"error": ..., "error_type": ...}` with a status code.
-pub fn error(status: StatusCode, kind: &str, msg: impl std::fmt::Display) -> Response {
-    (
-        status,
-        Json(json!({"error": msg.to_string(), "error_type": kind})),
-    )
-        .into_response()
-}
-
-/// How a storage error reaches a pushing client: back-pressure is 429 with Retry-After.
-pub fn store_error(e: &StoreError) -> Response {
-    match e {
-        StoreError::Overloaded(_, retry) => {
-            let mut r = error(StatusCode::TOO_MANY_REQUESTS, "overloaded", e);
-            if let Ok(v) = HeaderValue::from_str(&retry.as_secs().max(1).to_string()) {
-                r.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            r
-        }
-        StoreError::Schema(_) => error(StatusCode::BAD_REQUEST, "bad_data", e),
-        StoreError::Closed => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
-        StoreError::ReadOnly => error(StatusCode::FORBIDDEN, "read_only", e),
-        _ => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
-    }
-}
-
-/// The answer of every ingest endpoint: rows stored and the rejected lines; 400 when
-/// nothing could be stored.
-pub fn ingest_response<T: Serialize>(stored: usize, rejected: &[T]) -> Response {
-    let status = if stored == 0 && !rejected.is_empty() {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
-    };
-    (
-        status,
-        Json(json!({"stored": stored, "rejected": rejected})),
-    )
-        .into_response()
 }
 
 fn body_text(body: &Bytes) -> Result<String, String> {

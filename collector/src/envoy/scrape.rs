@@ -3,44 +3,22 @@
 //! its stats. The identity also teaches the address book which workload owns the proxy's IP.
 
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serde::Serialize;
 use tracing::{debug, warn};
 
 use super::access_log::ProxyIdentity;
+pub use super::sources::{SourceStatus, Sources};
 use super::push::{EnvoyIngest, store_stats};
 use super::stats::identity_from_server_info;
 
 /// An admin body larger than this is refused (a large Envoy has a few MiB of stats).
 const MAX_ADMIN_BODY: usize = 64 << 20;
 
-/// What `/api/v1/status` shows for one source: a scraped proxy or a tailed file.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct SourceStatus {
-    pub kind: &'static str,
-    /// The admin URL, or the file's path.
-    pub url: String,
-    pub proxy: Option<String>,
-    /// Scrapes, or reads of a file that stored lines.
-    pub scrapes: u64,
-    /// Samples, or access-log lines, stored.
-    pub samples_stored: u64,
-    pub last_success_unix: Option<u64>,
-    pub last_error: Option<String>,
-    /// A tailed access-log file's progress.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub file: Option<super::tail::FileProgress>,
-}
-
 const KIND: &str = "envoy-admin";
-
-/// The status of every scrape target and tailed file, shared with the API.
-pub type Sources = Arc<Mutex<Vec<SourceStatus>>>;
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<bytes::Bytes>>;
 

@@ -40,7 +40,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use super::ingest::DecodedTraces;
 use super::{OtlpError, OtlpState, OtlpStats, ingest};
-use crate::storage::StoreError;
+use meshscope_storage::StoreError;
 
 /// The `LogsService` implementation.
 #[derive(Debug, Clone)]

@@ -31,7 +31,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{OtlpError, OtlpState, OtlpStats, ingest};
-use crate::storage::StoreError;
+use meshscope_storage::StoreError;
 
 pub const PROTOBUF: &str = "application/x-protobuf";
 pub const JSON: &str = "application/json";

@@ -15,7 +15,7 @@ use prost::Message;
 
 use super::wire::{DecodedSpans, spans_from_protobuf};
 use super::{OtlpError, OtlpState, OtlpStats, logs, traces};
-use crate::storage::StoreError;
+use meshscope_storage::StoreError;
 
 /// How many rejection messages a partial-success `error_message` quotes.
 const QUOTED_REJECTIONS: usize = 5;
@@ -139,10 +139,7 @@ pub async fn store_traces(
     OtlpStats::add(&s.spans_received, d.rows + d.rejected.len());
     OtlpStats::add(&s.spans_rejected, d.rejected.len());
     if d.rows > 0 {
-        throttled(
-            state,
-            state.store.append_otlp_traces(d.batch, request).await,
-        )?;
+        throttled(state, state.store.append_request(d.batch, request).await)?;
         OtlpStats::add(&s.spans_stored, d.rows);
     }
     Ok(ExportOutcome {

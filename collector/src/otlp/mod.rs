@@ -26,6 +26,18 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
+/// The store's [`meshscope_storage::RequestDecoder`] for the trace exports this receiver logs
+/// in the WAL as received (`StoreWriter::append_request`): the decoder that read them, so
+/// replay gives the same rows. A store that OTLP traces are written to must be given it.
+pub fn request_decoder(request: &[u8]) -> Result<arrow::array::RecordBatch, String> {
+    match wire::spans_from_protobuf(request) {
+        Ok(Ok(d)) => Ok(d.batch),
+        Ok(Err(e)) => Err(format!("the OTLP trace export's rows: {e}")),
+        // Only exports this decoder read are logged this way, so this is corruption.
+        Err(_) => Err("the OTLP trace export does not decode".into()),
+    }
+}
+
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +45,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use meshscope_schemas::rows::RequestRow;
 use serde::Serialize;
 
-use crate::storage::{Store, StoreError};
+use meshscope_storage::{StoreError, StoreWriter};
 
 pub use grpc::serve_grpc;
 pub use http::serve_http;
@@ -123,7 +135,7 @@ impl OtlpStats {
 /// What both OTLP servers share; cheap to clone.
 #[derive(Clone)]
 pub struct OtlpState {
-    pub store: Store,
+    pub store: StoreWriter,
     pub limits: OtlpLimits,
     pub stats: Arc<OtlpStats>,
     /// Parses string log bodies (Envoy's formatted access-log line); without it, records that
@@ -146,7 +158,8 @@ impl fmt::Debug for OtlpState {
 }
 
 impl OtlpState {
-    pub fn new(store: Store) -> OtlpState {
+    pub fn new(store: impl Into<StoreWriter>) -> OtlpState {
+        let store = store.into();
         OtlpState {
             store,
             limits: OtlpLimits::default(),

@@ -37,7 +37,7 @@ use tonic_types::StatusExt;
 use tower::ServiceExt;
 
 use super::*;
-use crate::storage::{FsyncPolicy, StoreConfig};
+use meshscope_storage::{FsyncPolicy, Store, StoreConfig};
 
 // ---- a thread-local allocation meter, for the gzip-bomb test --------------------------------
 
@@ -114,11 +114,50 @@ async fn open_store(dir: &std::path::Path, max_buffer_bytes: usize) -> Store {
     c.group_commit = Duration::ZERO;
     c.fsync = FsyncPolicy::Never;
     c.max_buffer_bytes = max_buffer_bytes;
+    c.request_decoder = Some(request_decoder);
     Store::open(c).await.expect("open store")
 }
 
-async fn state(dir: &std::path::Path) -> OtlpState {
-    OtlpState::new(open_store(dir, 1 << 30).await)
+/// A receiver's state with the store it writes to: the receiver holds only the writer handle,
+/// the tests read back through the store.
+#[derive(Clone)]
+struct TestState {
+    otlp: OtlpState,
+    store: Store,
+}
+
+impl std::ops::Deref for TestState {
+    type Target = OtlpState;
+    fn deref(&self) -> &OtlpState {
+        &self.otlp
+    }
+}
+
+impl TestState {
+    fn with_limits(self, limits: OtlpLimits) -> TestState {
+        TestState {
+            otlp: self.otlp.with_limits(limits),
+            ..self
+        }
+    }
+
+    fn with_enricher(self, f: impl Fn(&mut RequestRow) + Send + Sync + 'static) -> TestState {
+        TestState {
+            otlp: self.otlp.with_enricher(f),
+            ..self
+        }
+    }
+}
+
+fn with_store(store: Store) -> TestState {
+    TestState {
+        otlp: OtlpState::new(store.clone()),
+        store,
+    }
+}
+
+async fn state(dir: &std::path::Path) -> TestState {
+    with_store(open_store(dir, 1 << 30).await)
 }
 
 fn s(k: &str, v: &str) -> KeyValue {
@@ -661,11 +700,11 @@ async fn a_gzip_bomb_is_413_without_allocating_past_the_limit() {
 async fn storage_back_pressure_is_429_with_retry_after() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Any buffered byte is over the limit: the first append passes, the next is refused.
-    let st = OtlpState::new(open_store(dir.path(), 0).await);
+    let st = with_store(open_store(dir.path(), 0).await);
     let body = trace_request(vec![envoy_span(1, now_ns())]).encode_to_vec();
     let (status, _, _) = call(&st, post("/v1/traces", http::PROTOBUF, false, body.clone())).await;
     assert_eq!(status, StatusCode::OK);
-    let resp = http::router(st.clone())
+    let resp = http::router(st.otlp.clone())
         .oneshot(post("/v1/traces", http::PROTOBUF, false, body))
         .await
         .expect("infallible");
@@ -802,7 +841,7 @@ async fn serve_http_answers_on_a_socket_and_shuts_down() {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_http(listener, st.clone(), async {
+    let server = tokio::spawn(serve_http(listener, st.otlp.clone(), async {
         let _ = stopped.await;
     }));
     let body = trace_request(vec![envoy_span(1, now_ns())]).encode_to_vec();
@@ -864,7 +903,7 @@ impl GrpcServer {
 async fn grpc_export_stores_spans_and_reports_partial_success() {
     let dir = tempfile::tempdir().expect("tempdir");
     let st = state(dir.path()).await;
-    let server = GrpcServer::start(st.clone()).await;
+    let server = GrpcServer::start(st.otlp.clone()).await;
     let mut client = TraceServiceClient::connect(server.url())
         .await
         .expect("connect")
@@ -910,7 +949,7 @@ async fn grpc_oversized_messages_are_resource_exhausted() {
     let st = state(dir.path()).await.with_limits(OtlpLimits {
         max_body_bytes: 64 << 10,
     });
-    let server = GrpcServer::start(st.clone()).await;
+    let server = GrpcServer::start(st.otlp.clone()).await;
     let big = trace_request(
         (0..2000)
             .map(|i| envoy_span((i % 250 + 1) as u8, now_ns()))
@@ -938,8 +977,8 @@ async fn grpc_oversized_messages_are_resource_exhausted() {
 #[tokio::test]
 async fn grpc_back_pressure_is_unavailable_with_retry_info() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let st = OtlpState::new(open_store(dir.path(), 0).await);
-    let server = GrpcServer::start(st.clone()).await;
+    let st = with_store(open_store(dir.path(), 0).await);
+    let server = GrpcServer::start(st.otlp.clone()).await;
     let mut client = TraceServiceClient::connect(server.url())
         .await
         .expect("connect");
@@ -980,15 +1019,15 @@ async fn a_logged_trace_export_replays_into_the_same_rows() {
         before
     };
     let wal_dir = dir.path().join("wal");
-    let wal_bytes: usize = crate::storage::wal::list_segments(&wal_dir)
+    let wal_bytes: usize = meshscope_storage::wal::list_segments(&wal_dir)
         .expect("segments")
         .iter()
         .map(|&s| {
-            std::fs::metadata(crate::storage::wal::segment_path(&wal_dir, s)).map_or(0, |m| m.len())
-                as usize
+            std::fs::metadata(meshscope_storage::wal::segment_path(&wal_dir, s))
+                .map_or(0, |m| m.len()) as usize
         })
         .sum();
-    let record = crate::storage::wal::encode_otlp_traces_record(&body);
+    let record = meshscope_storage::wal::encode_request_record(&body);
     assert_eq!(wal_bytes, record.len(), "one record: the request");
     let store = open_store(dir.path(), 1 << 30).await;
     let after = stored(&store, Table::Spans);

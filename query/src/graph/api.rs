@@ -13,6 +13,7 @@ use axum::routing::get;
 use serde_json::json;
 
 use super::{GraphQuery, GraphType, HealthConfig, build, render};
+use crate::api::time::{self, Epoch, now_ns};
 use crate::rollup::Rollups;
 
 #[derive(Clone)]
@@ -77,25 +78,9 @@ struct Params {
     interval: Duration,
 }
 
-pub fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
-/// RFC 3339 or unix seconds (fractions allowed) → unix nanoseconds.
+/// A time parameter of the graph API: RFC 3339 or unix seconds (fractions allowed) → ns.
 pub fn parse_time(v: &str) -> Result<i64, String> {
-    if let Ok(secs) = v.parse::<f64>() {
-        if !(0.0..1e11).contains(&secs) {
-            return Err(format!("`{v}` is out of range for unix seconds"));
-        }
-        return Ok((secs * 1e9) as i64);
-    }
-    chrono::DateTime::parse_from_rfc3339(v)
-        .map_err(|e| format!("`{v}` is neither RFC 3339 nor unix seconds ({e})"))?
-        .timestamp_nanos_opt()
-        .ok_or_else(|| format!("`{v}` is out of range"))
+    time::parse_time(v, Epoch::Seconds)
 }
 
 fn parse_params(raw: Option<&str>, stream: bool) -> Result<Params, BadParam> {

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value as Json, json};
 
+use crate::api::time::{self, Epoch, now_ns};
 use crate::rollup::Rollups;
 use crate::sql::QueryEngine;
 use eval::{Evaluator, Value, selector_key, selectors};
@@ -124,12 +125,12 @@ fn one<'a>(p: &'a [(String, String)], k: &str) -> Option<&'a str> {
 }
 
 fn now_ms() -> i64 {
-    crate::graph::api::now_ns() / 1_000_000
+    now_ns() / 1_000_000
 }
 
 /// Prometheus time: unix seconds (fractions allowed) or RFC 3339.
 fn parse_time(name: &str, v: &str) -> Result<i64, PromError> {
-    crate::graph::api::parse_time(v)
+    time::parse_time(v, Epoch::Seconds)
         .map(|ns| ns / 1_000_000)
         .map_err(|e| fail("bad_data", format!("invalid parameter \"{name}\": {e}")))
 }
@@ -493,7 +494,7 @@ async fn label_values(
 /// Names of Envoy stats stored in the last hour.
 async fn envoy_metric_names(s: &PromState) -> Vec<String> {
     use datafusion::prelude::{col, lit};
-    let from = crate::graph::api::now_ns() - 3_600_000_000_000;
+    let from = now_ns() - 3_600_000_000_000;
     let Ok(df) = s.engine.context().table("stat_samples").await else {
         return vec![];
     };

@@ -24,9 +24,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
-use meshscope_collector::Store;
-use meshscope_collector::storage::BatchObserver;
 use meshscope_schemas::Table;
+use meshscope_storage::{BatchObserver, StoreReader};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tracing::{info, warn};
 
@@ -140,7 +139,7 @@ impl Rollups {
     }
 
     /// Folds in the Parquet files that existed when `store` opened (within the retention).
-    pub async fn load_existing(&self, store: &Store) {
+    pub async fn load_existing(&self, store: &StoreReader) {
         let started = Instant::now();
         let oldest = now_secs() - self.shared.cfg.retention.as_secs() as i64;
         let mut files = 0usize;
@@ -324,11 +323,11 @@ fn columns_read(table: Table) -> &'static [&'static str] {
 }
 
 async fn read_parquet(
-    store: &Store,
+    store: &StoreReader,
     path: &str,
     columns: &[&str],
 ) -> Result<Vec<RecordBatch>, String> {
-    let bytes = meshscope_collector::storage::read_object(&store.object_store(), path)
+    let bytes = meshscope_storage::read_object(&store.object_store(), path)
         .await
         .map_err(|e| e.to_string())?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| e.to_string())?;

@@ -2,8 +2,8 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use meshscope_collector::{Store, StoreConfig};
-use meshscope_schemas::rows::{RequestRow, SpanRow, requests_batch, spans_batch};
+use meshscope_schemas::rows::{RequestRow, SpanEvent, SpanRow, requests_batch, spans_batch};
+use meshscope_storage::{Store, StoreConfig};
 use serde_json::Value;
 use tower::ServiceExt;
 

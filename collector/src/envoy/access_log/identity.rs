@@ -10,6 +10,7 @@
 //! `downstream_remote_address` on inbound lines (the source pod). Fields already set on the
 //! row are never overwritten, so a receiver can fill what it knows better first.
 
+pub use meshscope_schemas::envoy::workload_from_pod_name;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
@@ -63,44 +64,6 @@ impl ProxyIdentity {
     pub fn canonical_service(&self) -> Option<&str> {
         self.app.as_deref().or_else(|| self.workload_name())
     }
-}
-
-/// The workload of a pod, from its name alone, for when the owner references are not known.
-///
-/// A Deployment's pods are named `<deployment>-<pod-template-hash>-<5 chars>`
-/// (`reviews-v2-5b64f47978-abcde` → `reviews-v2`); Istio and Kiali name the workload after
-/// the Deployment, so both segments are stripped when the hash looks like one Kubernetes
-/// generates (6–10 characters of its vowel-free alphabet `bcdfghjklmnpqrstvwxz2456789`). A
-/// single generated 5-character suffix from that alphabet (DaemonSet and Job pods, e.g.
-/// `ztunnel-x7k2p`) is stripped alone. Anything else (StatefulSet pods like `web-0`, bare
-/// pods) is its own workload.
-pub fn workload_from_pod_name(pod: &str) -> &str {
-    let mut parts = pod.rsplitn(3, '-');
-    let (Some(suffix), Some(hash)) = (parts.next(), parts.next()) else {
-        return pod;
-    };
-    let is_suffix = suffix.len() == 5
-        && suffix
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    if let Some(deployment) = parts.next()
-        && is_suffix
-        && (6..=10).contains(&hash.len())
-        && hash.bytes().all(is_generated)
-        && !deployment.is_empty()
-    {
-        return deployment;
-    }
-    if suffix.len() == 5 && suffix.bytes().all(is_generated) {
-        return &pod[..pod.len() - suffix.len() - 1];
-    }
-    pod
-}
-
-/// Kubernetes' `rand.SafeEncodeString` alphabet: no vowels, no 0/1/3, so generated names
-/// never spell words.
-fn is_generated(b: u8) -> bool {
-    b"bcdfghjklmnpqrstvwxz2456789".contains(&b)
 }
 
 /// The host part of an Envoy address: `10.1.2.3:8080` → `10.1.2.3`, `[::1]:80` → `::1`;

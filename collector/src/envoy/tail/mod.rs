@@ -43,7 +43,6 @@ use std::time::{Duration, Instant};
 
 use meshscope_schemas::Table;
 use meshscope_schemas::rows::requests_batch;
-use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use super::access_log::{
@@ -51,11 +50,11 @@ use super::access_log::{
     parse_container_log_path,
 };
 use super::push::EnvoyIngest;
-use super::scrape::{SourceStatus, Sources};
-use crate::storage::StoreConfig;
-use crate::{Store, StoreError};
+pub use super::sources::FileProgress;
+use super::sources::{SourceStatus, Sources};
 use checkpoint::FileCheckpoint;
 use file::{Chunk, ChunkLimits, FileId, Fingerprint, Position, Reset};
+use meshscope_storage::{StoreConfig, StoreError, StoreWriter};
 
 /// What `/api/v1/status` shows in `sources` for this kind of source.
 pub const SOURCE_KIND: &str = "access-log-file";
@@ -117,24 +116,6 @@ pub enum TailError {
     Checkpoint(#[from] checkpoint::CheckpointError),
     #[error("the store is closed")]
     Closed,
-}
-
-/// Progress of one followed file, shown in `/api/v1/status` and `/metrics`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct FileProgress {
-    pub dev: u64,
-    pub inode: u64,
-    /// Bytes read and stored (or rejected) so far; the checkpointed offset.
-    pub offset: u64,
-    pub size: u64,
-    pub line_number: u64,
-    pub lines_stored: u64,
-    pub lines_rejected: u64,
-    /// The file was read again from the start because it was truncated.
-    pub truncations: u64,
-    /// No glob matches the file any more (rotated or deleted); it is read to its end.
-    pub rotated: bool,
-    pub last_rejected: Option<String>,
 }
 
 /// One file being followed.
@@ -558,7 +539,7 @@ impl Tailer {
 /// Appends, retrying while storage pushes back or fails for a while; `None` when `stop`
 /// flipped first. Only a closed store ends the tailer.
 async fn append_retrying(
-    store: &Store,
+    store: &StoreWriter,
     batch: arrow::array::RecordBatch,
     positions: Vec<(String, String)>,
     source: &str,

@@ -6,6 +6,7 @@ use arrow::array::{Array, AsArray};
 
 use super::*;
 use crate::envoy::access_log::{AccessLogFormat, ISTIO_TEXT_FORMAT, SAMPLE_LINES};
+use meshscope_storage::Store;
 
 /// An Istio text line with request id `id`.
 fn line(id: &str) -> String {
@@ -236,10 +237,10 @@ async fn stored_everywhere(store: &Store) -> BTreeMap<String, usize> {
     let snap = store.snapshot(Table::Requests, None, None);
     let mut batches = snap.batches;
     for f in &snap.files {
-        let bytes = crate::storage::read_object(&store.object_store(), &f.path)
+        let bytes = meshscope_storage::read_object(&store.object_store(), &f.path)
             .await
             .unwrap();
-        batches.extend(crate::storage::segment::decode_parquet(bytes).unwrap());
+        batches.extend(meshscope_storage::segment::decode_parquet(bytes).unwrap());
     }
     let mut out = BTreeMap::new();
     for b in batches {
