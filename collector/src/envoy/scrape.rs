@@ -11,8 +11,8 @@ use hyper_util::rt::TokioExecutor;
 use tracing::{debug, warn};
 
 use super::access_log::ProxyIdentity;
-pub use super::sources::{SourceStatus, Sources};
 use super::push::{EnvoyIngest, store_stats};
+pub use super::sources::{SourceStatus, Sources};
 use super::stats::identity_from_server_info;
 
 /// An admin body larger than this is refused (a large Envoy has a few MiB of stats).
