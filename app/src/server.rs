@@ -108,73 +108,13 @@ pub async fn run_with(
         let (r, s) = (r.clone(), store.clone());
         tokio::spawn(async move { r.load_existing(&s.reader()).await });
     }
-    let collecting = role != Role::Query;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let sources: Sources = Default::default();
-    let mut tasks = Vec::new();
-    let mut ingest = None;
-    let mut otlp_stats = None;
-    let mut tailer = None;
-    let mut otlp_http_addr = None;
-    if collecting {
-        let format =
-            AccessLogFormat::compile(&cfg.access_log_format).context("--access-log-format")?;
-        let envoy = EnvoyIngest::new(store.clone(), format);
-        // OTLP logs from Envoy's OpenTelemetry access logger: a string body is an access-log
-        // line in the same format; identity comes from the cluster name and the address book.
-        let body_format =
-            AccessLogFormat::compile(&cfg.access_log_format).context("--access-log-format")?;
-        let book_owner = envoy.clone();
-        let otlp = OtlpState::new(store.clone())
-            .with_limits(OtlpLimits {
-                max_body_bytes: cfg.max_body_bytes,
-            })
-            .with_body_parser(move |line| body_format.parse_line(line).ok().map(|p| p.row))
-            .with_enricher(move |row| {
-                let book = book_owner.book.read().unwrap_or_else(|e| e.into_inner());
-                derive_identity(row, &ProxyIdentity::default(), &book);
-            });
-        otlp_stats = Some(otlp.stats.clone());
-        let grpc = TcpListener::bind(cfg.otlp_grpc_addr)
-            .await
-            .with_context(|| format!("binding --otlp-grpc-addr {}", cfg.otlp_grpc_addr))?;
-        let http = TcpListener::bind(cfg.otlp_http_addr)
-            .await
-            .with_context(|| format!("binding --otlp-http-addr {}", cfg.otlp_http_addr))?;
-        otlp_http_addr = Some(http.local_addr()?);
-        println!("meshscope OTLP/gRPC on {}", grpc.local_addr()?);
-        println!("meshscope OTLP/HTTP on http://{}/", http.local_addr()?);
-        tasks.push(tokio::spawn(meshscope_collector::otlp::serve_grpc(
-            grpc,
-            otlp.clone(),
-            stopped(stop_rx.clone()),
-        )));
-        tasks.push(tokio::spawn(meshscope_collector::otlp::serve_http(
-            http,
-            otlp,
-            stopped(stop_rx.clone()),
-        )));
-        spawn_scrapers(
-            envoy.clone(),
-            cfg.envoy_admin.clone(),
-            cfg.scrape_interval,
-            sources.clone(),
-            stop_rx.clone(),
-        );
-        if !cfg.access_log.is_empty() {
-            let tail = TailConfig::new(cfg.access_log.clone(), &cfg.store);
-            tailer = Some(spawn_tailer(
-                envoy.clone(),
-                tail,
-                sources.clone(),
-                stop_rx.clone(),
-            ));
-        }
-        ingest = Some(envoy);
-    }
+    let receivers = if role != Role::Query {
+        Some(start_receivers(&cfg, &store, &sources, &stop_rx).await?)
+    } else {
+        None
+    };
     let queries = match (engine, rollups) {
         (Some(engine), Some(rollups)) => Some(QueryApi {
             engine,
@@ -190,8 +130,8 @@ pub async fn run_with(
         role,
         store: store.clone(),
         queries,
-        ingest,
-        otlp: otlp_stats,
+        ingest: receivers.as_ref().map(|r| r.envoy.clone()),
+        otlp: receivers.as_ref().map(|r| r.otlp_stats.clone()),
         sources,
         demo_status: extras.demo_status,
     };
@@ -209,7 +149,7 @@ pub async fn run_with(
     if let Some(tx) = extras.ready {
         let _ = tx.send(Bound {
             api: addr,
-            otlp_http: otlp_http_addr,
+            otlp_http: receivers.as_ref().map(|r| r.otlp_http_addr),
         });
     }
     let api = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
@@ -217,6 +157,10 @@ pub async fn run_with(
     stop.await;
     let _ = stop_tx.send(true);
     api.await?.context("API server")?;
+    let (tasks, tailer) = match receivers {
+        Some(r) => (r.tasks, r.tailer),
+        None => (Vec::new(), None),
+    };
     for t in tasks {
         match t.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "an OTLP receiver stopped with an error"),
@@ -234,4 +178,90 @@ pub async fn run_with(
     store.shutdown().await.context("flushing on shutdown")?;
     info!("stopped cleanly");
     Ok(())
+}
+
+/// The receivers a collector runs, started.
+struct Receivers {
+    envoy: std::sync::Arc<EnvoyIngest>,
+    otlp_stats: std::sync::Arc<meshscope_collector::otlp::OtlpStats>,
+    otlp_http_addr: std::net::SocketAddr,
+    /// The OTLP servers, which end when `stop` turns true.
+    tasks: Vec<tokio::task::JoinHandle<Result<(), meshscope_collector::otlp::OtlpError>>>,
+    tailer: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Resolves once `rx` turns true.
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Binds the OTLP listeners and starts the OTLP servers, the admin scrapers and the
+/// access-log tailer, all writing to `store` and stopping when `stop_rx` turns true.
+async fn start_receivers(
+    cfg: &ServerConfig,
+    store: &Store,
+    sources: &Sources,
+    stop_rx: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Receivers> {
+    let mut tasks = Vec::new();
+    let mut tailer = None;
+    let format = AccessLogFormat::compile(&cfg.access_log_format).context("--access-log-format")?;
+    let envoy = EnvoyIngest::new(store.clone(), format);
+    // OTLP logs from Envoy's OpenTelemetry access logger: a string body is an access-log
+    // line in the same format; identity comes from the cluster name and the address book.
+    let body_format =
+        AccessLogFormat::compile(&cfg.access_log_format).context("--access-log-format")?;
+    let book_owner = envoy.clone();
+    let otlp = OtlpState::new(store.clone())
+        .with_limits(OtlpLimits {
+            max_body_bytes: cfg.max_body_bytes,
+        })
+        .with_body_parser(move |line| body_format.parse_line(line).ok().map(|p| p.row))
+        .with_enricher(move |row| {
+            let book = book_owner.book.read().unwrap_or_else(|e| e.into_inner());
+            derive_identity(row, &ProxyIdentity::default(), &book);
+        });
+    let otlp_stats = otlp.stats.clone();
+    let grpc = TcpListener::bind(cfg.otlp_grpc_addr)
+        .await
+        .with_context(|| format!("binding --otlp-grpc-addr {}", cfg.otlp_grpc_addr))?;
+    let http = TcpListener::bind(cfg.otlp_http_addr)
+        .await
+        .with_context(|| format!("binding --otlp-http-addr {}", cfg.otlp_http_addr))?;
+    let otlp_http_addr = http.local_addr()?;
+    println!("meshscope OTLP/gRPC on {}", grpc.local_addr()?);
+    println!("meshscope OTLP/HTTP on http://{}/", http.local_addr()?);
+    tasks.push(tokio::spawn(meshscope_collector::otlp::serve_grpc(
+        grpc,
+        otlp.clone(),
+        stopped(stop_rx.clone()),
+    )));
+    tasks.push(tokio::spawn(meshscope_collector::otlp::serve_http(
+        http,
+        otlp,
+        stopped(stop_rx.clone()),
+    )));
+    spawn_scrapers(
+        envoy.clone(),
+        cfg.envoy_admin.clone(),
+        cfg.scrape_interval,
+        sources.clone(),
+        stop_rx.clone(),
+    );
+    if !cfg.access_log.is_empty() {
+        let tail = TailConfig::new(cfg.access_log.clone(), &cfg.store);
+        tailer = Some(spawn_tailer(
+            envoy.clone(),
+            tail,
+            sources.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    Ok(Receivers {
+        envoy,
+        otlp_stats,
+        otlp_http_addr,
+        tasks,
+        tailer,
+    })
 }

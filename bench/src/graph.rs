@@ -28,6 +28,8 @@ pub fn graph(edges: &[usize], rps: usize, minutes: usize, iterations: usize) -> 
     Ok(())
 }
 
+// Long on purpose: a benchmark reads best top to bottom as the run it performs (fill the
+// rollups, time the builds, time the Prometheus panels, print), with its figures in locals.
 fn run_one(edges: usize, rps: usize, minutes: usize, iterations: usize) -> anyhow::Result<()> {
     // The window ends 25 minutes into an hour that ended before now: an hour-long window then
     // reads 5 one-minute, 5 ten-minute and 5 one-minute buckets, as any window not on a

@@ -1,6 +1,6 @@
 //! `meshscope bench lookup`: the trace APIs over many stored spans and access-log rows.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,8 @@ const COLD_LOOKUPS: usize = 5;
 /// `/api/v1/requests/{id}` and `/jaeger/api/traces/{id}`. Warm: the same engine, other ids.
 /// Cold: a freshly opened store and engine (no Parquet footer verified or cached yet; the
 /// OS page cache is not dropped). Every answer is checked against what was generated.
+// Long on purpose: a benchmark reads best top to bottom as the run it performs (load, then
+// cold lookups, warm lookups, the report), with its figures in locals.
 pub async fn lookup(spans: usize, dir: Option<PathBuf>, compact: bool) -> anyhow::Result<()> {
     use meshscope_query::traces::TraceService;
     ensure!(spans > 0, "--spans must be at least 1");
@@ -60,31 +62,8 @@ pub async fn lookup(spans: usize, dir: Option<PathBuf>, compact: bool) -> anyhow
         .collect();
     ensure!(!sample.is_empty(), "no traces were generated");
     let wanted: HashSet<TraceId> = sample.iter().map(|t| t.id).collect();
-    let mut request_of: std::collections::HashMap<TraceId, String> = Default::default();
-
     let t = Instant::now();
-    let mut rows = 0usize;
-    for b in data.batches {
-        let span_rows = meshscope_schemas::rows::spans_from_batches(std::slice::from_ref(&b))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        for s in &span_rows {
-            if wanted.contains(&s.trace_id)
-                && let Some(r) = &s.request_id
-            {
-                request_of.entry(s.trace_id).or_insert_with(|| r.clone());
-            }
-        }
-        let log: Vec<meshscope_schemas::rows::RequestRow> =
-            span_rows.iter().map(access_log_row).collect();
-        rows += log.len();
-        append_retrying(&store, Table::Spans, b).await?;
-        append_retrying(
-            &store,
-            Table::Requests,
-            meshscope_schemas::rows::requests_batch(&log)?,
-        )
-        .await?;
-    }
+    let (rows, request_of) = load(&store, data.batches, &wanted).await?;
     store.flush().await?;
     let compacted = if compact {
         store.compact(true).await?
@@ -225,7 +204,19 @@ pub async fn lookup(spans: usize, dir: Option<PathBuf>, compact: bool) -> anyhow
             mid.1.row_groups_pruned_by_bloom_filter
         ),
     );
-    let line = |what: &str, l: &[Duration]| {
+    println!();
+    println!(
+        "meshscope lookup benchmark ({} spans, {} traces, {rows} access-log rows; goal ≤ {GOAL_LOOKUP_MS} ms warm)",
+        data.spans,
+        data.traces.len()
+    );
+    for (what, l) in [
+        ("trace by id, warm", &by_trace),
+        ("trace by id, cold", &cold_trace),
+        ("request id (trace + access log), warm", &by_request),
+        ("request id, cold", &cold_request),
+        ("jaeger trace by id, warm", &jaeger),
+    ] {
         println!(
             "{what:<36} p50 {:>7.1}  p95 {:>7.1}  max {:>7.1} ms  ({} lookups)",
             ms(percentile(l, 0.5)),
@@ -233,20 +224,42 @@ pub async fn lookup(spans: usize, dir: Option<PathBuf>, compact: bool) -> anyhow
             ms(percentile(l, 1.0)),
             l.len()
         );
-    };
-    println!();
-    println!(
-        "meshscope lookup benchmark ({} spans, {} traces, {rows} access-log rows; goal ≤ {GOAL_LOOKUP_MS} ms warm)",
-        data.spans,
-        data.traces.len()
-    );
-    line("trace by id, warm", &by_trace);
-    line("trace by id, cold", &cold_trace);
-    line("request id (trace + access log), warm", &by_request);
-    line("request id, cold", &cold_request);
-    line("jaeger trace by id, warm", &jaeger);
+    }
     drop(store);
     Ok(())
+}
+
+/// Appends the span batches and one access-log row per span; returns the rows appended and
+/// the request id of each `wanted` trace.
+async fn load(
+    store: &Store,
+    batches: Vec<RecordBatch>,
+    wanted: &HashSet<TraceId>,
+) -> anyhow::Result<(usize, HashMap<TraceId, String>)> {
+    let mut request_of: HashMap<TraceId, String> = HashMap::new();
+    let mut rows = 0usize;
+    for b in batches {
+        let span_rows = meshscope_schemas::rows::spans_from_batches(std::slice::from_ref(&b))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for s in &span_rows {
+            if wanted.contains(&s.trace_id)
+                && let Some(r) = &s.request_id
+            {
+                request_of.entry(s.trace_id).or_insert_with(|| r.clone());
+            }
+        }
+        let log: Vec<meshscope_schemas::rows::RequestRow> =
+            span_rows.iter().map(access_log_row).collect();
+        rows += log.len();
+        append_retrying(store, Table::Spans, b).await?;
+        append_retrying(
+            store,
+            Table::Requests,
+            meshscope_schemas::rows::requests_batch(&log)?,
+        )
+        .await?;
+    }
+    Ok((rows, request_of))
 }
 
 async fn append_retrying(store: &Store, table: Table, b: RecordBatch) -> anyhow::Result<()> {

@@ -29,6 +29,8 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use tracing::warn;
 
+use meshscope_query::api::time::now_ns;
+
 use crate::config::ServerConfig;
 use crate::server::{self, Bound, Extras};
 use crate::status::Role;
@@ -118,10 +120,6 @@ pub fn routes(state: DemoState) -> Router {
             async move { axum::Json(s.report()) }
         }),
     )
-}
-
-fn now_ns() -> i64 {
-    meshscope_query::api::time::now_ns()
 }
 
 /// Runs `serve` with the simulator until SIGINT/SIGTERM.

@@ -437,6 +437,8 @@ impl Simulator {
     /// outlier detection and fault injection of the caller's sidecar, then the callee. Emits
     /// both sidecars' access-log lines and spans (only the caller's when it answered
     /// itself). Returns the duration the caller saw, in ns.
+    // Long on purpose: one call as the sidecars see it, in the order Envoy applies things
+    // (breaker, outlier detection, fault injection, then the callee), reads best in one piece.
     #[allow(clippy::too_many_arguments)]
     fn call(
         &mut self,

@@ -343,9 +343,7 @@ async fn read_parquet(
         .map_err(|e| e.to_string())
 }
 
+/// The API clock ([`crate::api::time::now_ns`]) in whole seconds.
 pub fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    crate::api::time::now_ns().div_euclid(1_000_000_000)
 }

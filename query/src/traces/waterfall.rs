@@ -350,8 +350,59 @@ pub fn trace_view(trace_id: TraceId, spans: &[SpanRow]) -> TraceView {
         .map(|s| s.start_time_unix_nano + s.duration_ns.max(0))
         .max()
         .unwrap_or(start);
+    let self_ns = self_times(spans, &tree);
+    let mut critical_ns = vec![0i64; spans.len()];
+    let mut critical = Vec::new();
+    if let Some(&root) = tree.roots.first() {
+        for (i, a, b) in critical_path(spans, &tree, root) {
+            critical_ns[i] += b - a;
+            critical.push(CriticalSegment {
+                span_id: spans[i].span_id.to_hex(),
+                start_offset_ns: a - start,
+                end_offset_ns: b - start,
+            });
+        }
+    }
+    let pair = client_server_pairs(spans, &tree);
+    let hops = hops(spans, &tree, &pair);
+    let views: Vec<SpanView> = tree
+        .order
+        .iter()
+        .map(|&i| {
+            let mut v = span_view(spans, &tree, i, start);
+            v.self_ns = self_ns[i];
+            v.critical_path_ns = critical_ns[i];
+            v.pair_span_id = pair[i].map(|j| spans[j].span_id.to_hex());
+            v
+        })
+        .collect();
+    let services: BTreeSet<String> = spans.iter().map(|s| s.service_name.clone()).collect();
+    let request_ids: BTreeSet<String> = spans.iter().filter_map(|s| s.request_id.clone()).collect();
+    TraceView {
+        trace_id: trace_id.to_hex(),
+        start_time: rfc3339(start),
+        start_unix_nano: start,
+        duration_ns: end - start,
+        span_count: views.len(),
+        error_count: views.iter().filter(|v| v.error).count(),
+        services: services.into_iter().collect(),
+        request_ids: request_ids.into_iter().collect(),
+        root_span_ids: tree
+            .roots
+            .iter()
+            .map(|&r| spans[r].span_id.to_hex())
+            .collect(),
+        critical_path: critical,
+        hops,
+        warnings: tree.warnings,
+        spans: views,
+    }
+}
+
+/// Each span's self time: its duration less the time its children cover (clamped to it).
+fn self_times(spans: &[SpanRow], tree: &Tree) -> Vec<i64> {
     let end_of = |i: usize| spans[i].start_time_unix_nano + spans[i].duration_ns.max(0);
-    let self_ns: Vec<i64> = (0..spans.len())
+    (0..spans.len())
         .map(|i| {
             let (s, e) = (spans[i].start_time_unix_nano, end_of(i));
             let kids = tree.children[i]
@@ -365,20 +416,11 @@ pub fn trace_view(trace_id: TraceId, spans: &[SpanRow]) -> TraceView {
                 .collect();
             (e - s) - covered(kids)
         })
-        .collect();
-    let mut critical_ns = vec![0i64; spans.len()];
-    let mut critical = Vec::new();
-    if let Some(&root) = tree.roots.first() {
-        for (i, a, b) in critical_path(spans, &tree, root) {
-            critical_ns[i] += b - a;
-            critical.push(CriticalSegment {
-                span_id: spans[i].span_id.to_hex(),
-                start_offset_ns: a - start,
-                end_offset_ns: b - start,
-            });
-        }
-    }
-    // Envoy hops: a SERVER span whose parent is a CLIENT span.
+        .collect()
+}
+
+/// Envoy hops: a SERVER span whose parent is a CLIENT span; each side points at the other.
+fn client_server_pairs(spans: &[SpanRow], tree: &Tree) -> Vec<Option<usize>> {
     let mut pair: Vec<Option<usize>> = vec![None; spans.len()];
     for &i in &tree.order {
         if spans[i].kind == "server"
@@ -390,6 +432,11 @@ pub fn trace_view(trace_id: TraceId, spans: &[SpanRow]) -> TraceView {
             pair[i] = Some(p);
         }
     }
+    pair
+}
+
+/// One hop per CLIENT span, with the SERVER span that answered it if any.
+fn hops(spans: &[SpanRow], tree: &Tree, pair: &[Option<usize>]) -> Vec<HopView> {
     let mut hops = Vec::new();
     for &i in &tree.order {
         let c = &spans[i];
@@ -422,88 +469,67 @@ pub fn trace_view(trace_id: TraceId, spans: &[SpanRow]) -> TraceView {
             error: is_error(c) || server.is_some_and(is_error),
         });
     }
-    let views: Vec<SpanView> = tree
-        .order
-        .iter()
-        .map(|&i| {
-            let s = &spans[i];
-            SpanView {
-                span_id: s.span_id.to_hex(),
-                parent_span_id: s.parent_span_id.map(|p| p.to_hex()),
-                children: tree.children[i]
-                    .iter()
-                    .map(|&c| spans[c].span_id.to_hex())
-                    .collect(),
-                depth: tree.depth[i],
-                offset_ns: s.start_time_unix_nano - start,
-                start_time: rfc3339(s.start_time_unix_nano),
-                duration_ns: s.duration_ns,
-                self_ns: self_ns[i],
-                critical_path_ns: critical_ns[i],
-                service_name: s.service_name.clone(),
-                name: s.name.clone(),
-                kind: s.kind.clone(),
-                status_code: s.status_code.clone(),
-                status_message: s.status_message.clone(),
-                error: is_error(s),
-                http_method: s.http_method.clone(),
-                http_status_code: s.http_status_code,
-                http_url: s.http_url.clone(),
-                upstream_cluster: s.upstream_cluster.clone(),
-                response_flags: s.response_flags.clone(),
-                response_flag_meanings: flag_meanings(s.response_flags.as_deref()),
-                request_id: s.request_id.clone(),
-                node_id: s.node_id.clone(),
-                pair_span_id: pair[i].map(|j| spans[j].span_id.to_hex()),
-                attributes: attr_map(&span_attributes(s)),
-                resource_attributes: {
-                    let mut m = attr_map(&s.resource_attributes);
-                    m.insert("service.name".into(), s.service_name.clone());
-                    m
-                },
-                events: s
-                    .events
-                    .iter()
-                    .map(|e| EventView {
-                        time: rfc3339(e.time_unix_nano),
-                        offset_ns: e.time_unix_nano - start,
-                        name: e.name.clone(),
-                        attributes: attr_map(&e.attributes),
-                    })
-                    .collect(),
-                links: s
-                    .links
-                    .iter()
-                    .map(|l| LinkView {
-                        trace_id: l.trace_id.to_hex(),
-                        span_id: l.span_id.to_hex(),
-                        trace_state: l.trace_state.clone(),
-                        attributes: attr_map(&l.attributes),
-                    })
-                    .collect(),
-            }
-        })
-        .collect();
-    let services: BTreeSet<String> = spans.iter().map(|s| s.service_name.clone()).collect();
-    let request_ids: BTreeSet<String> = spans.iter().filter_map(|s| s.request_id.clone()).collect();
-    TraceView {
-        trace_id: trace_id.to_hex(),
-        start_time: rfc3339(start),
-        start_unix_nano: start,
-        duration_ns: end - start,
-        span_count: views.len(),
-        error_count: views.iter().filter(|v| v.error).count(),
-        services: services.into_iter().collect(),
-        request_ids: request_ids.into_iter().collect(),
-        root_span_ids: tree
-            .roots
+    hops
+}
+
+/// Span `i` as the waterfall shows it, offsets from `start`; self time, critical-path time
+/// and the paired span are left for the caller.
+fn span_view(spans: &[SpanRow], tree: &Tree, i: usize, start: i64) -> SpanView {
+    let s = &spans[i];
+    SpanView {
+        span_id: s.span_id.to_hex(),
+        parent_span_id: s.parent_span_id.map(|p| p.to_hex()),
+        children: tree.children[i]
             .iter()
-            .map(|&r| spans[r].span_id.to_hex())
+            .map(|&c| spans[c].span_id.to_hex())
             .collect(),
-        critical_path: critical,
-        hops,
-        warnings: tree.warnings,
-        spans: views,
+        depth: tree.depth[i],
+        offset_ns: s.start_time_unix_nano - start,
+        start_time: rfc3339(s.start_time_unix_nano),
+        duration_ns: s.duration_ns,
+        self_ns: 0,
+        critical_path_ns: 0,
+        service_name: s.service_name.clone(),
+        name: s.name.clone(),
+        kind: s.kind.clone(),
+        status_code: s.status_code.clone(),
+        status_message: s.status_message.clone(),
+        error: is_error(s),
+        http_method: s.http_method.clone(),
+        http_status_code: s.http_status_code,
+        http_url: s.http_url.clone(),
+        upstream_cluster: s.upstream_cluster.clone(),
+        response_flags: s.response_flags.clone(),
+        response_flag_meanings: flag_meanings(s.response_flags.as_deref()),
+        request_id: s.request_id.clone(),
+        node_id: s.node_id.clone(),
+        pair_span_id: None,
+        attributes: attr_map(&span_attributes(s)),
+        resource_attributes: {
+            let mut m = attr_map(&s.resource_attributes);
+            m.insert("service.name".into(), s.service_name.clone());
+            m
+        },
+        events: s
+            .events
+            .iter()
+            .map(|e| EventView {
+                time: rfc3339(e.time_unix_nano),
+                offset_ns: e.time_unix_nano - start,
+                name: e.name.clone(),
+                attributes: attr_map(&e.attributes),
+            })
+            .collect(),
+        links: s
+            .links
+            .iter()
+            .map(|l| LinkView {
+                trace_id: l.trace_id.to_hex(),
+                span_id: l.span_id.to_hex(),
+                trace_state: l.trace_state.clone(),
+                attributes: attr_map(&l.attributes),
+            })
+            .collect(),
     }
 }
 
