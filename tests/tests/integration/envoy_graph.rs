@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use meshscope_testkit::bookinfo::{DETAILS, PODS, PRODUCTPAGE, RATINGS, REVIEWS_V1, REVIEWS_V2};
 use meshscope_tests::app::App;
 use meshscope_tests::envoy::{
     Breaker, Fault, Inbound, Outbound, Pod, Sidecar, SidecarSpec, Subset,
@@ -18,14 +19,9 @@ fn ip(n: u8) -> String {
     format!("127.0.{BASE}.{n}")
 }
 
-fn pod(n: u8, name: &str, app: &str, version: &str) -> Pod {
-    Pod {
-        ip: ip(n),
-        name: name.into(),
-        namespace: "default".into(),
-        app: app.into(),
-        version: version.into(),
-    }
+/// Pod `i` of the testkit's bookinfo mesh at this test's loopback address `n`.
+fn pod(n: u8, i: usize) -> Pod {
+    Pod::bookinfo(&PODS[i], ip(n))
 }
 
 /// A destination pod: its app on :9080 and its sidecar's inbound listener on :15006.
@@ -104,29 +100,13 @@ fn service_graph_of_a_real_mesh_shows_the_canary_the_fault_and_the_breaker() {
             "1s",
         ],
     );
-    let (v1, _a1) = backend(
-        dir.path(),
-        pod(2, "reviews-v1-545db77b95-aaaaa", "reviews", "v1"),
-        Duration::from_millis(2),
-    );
-    let (v2, _a2) = backend(
-        dir.path(),
-        pod(3, "reviews-v2-7bf8c9648f-bbbbb", "reviews", "v2"),
-        Duration::from_millis(2),
-    );
-    let (ratings, _a3) = backend(
-        dir.path(),
-        pod(4, "ratings-v1-b6994bb9-ccccc", "ratings", "v1"),
-        Duration::from_millis(2),
-    );
-    let (details, _a4) = backend(
-        dir.path(),
-        pod(5, "details-v1-5f4d584748-ddddd", "details", "v1"),
-        Duration::from_millis(30),
-    );
+    let (v1, _a1) = backend(dir.path(), pod(2, REVIEWS_V1), Duration::from_millis(2));
+    let (v2, _a2) = backend(dir.path(), pod(3, REVIEWS_V2), Duration::from_millis(2));
+    let (ratings, _a3) = backend(dir.path(), pod(4, RATINGS), Duration::from_millis(2));
+    let (details, _a4) = backend(dir.path(), pod(5, DETAILS), Duration::from_millis(30));
     let svc = |name: &str| format!("{name}.default.svc.cluster.local");
     let productpage = SidecarSpec {
-        pod: pod(1, "productpage-v1-6b746f74dc-eeeee", "productpage", "v1"),
+        pod: pod(1, PRODUCTPAGE),
         admin_port: 15000,
         outbound: vec![
             Outbound {
@@ -508,25 +488,11 @@ fn prometheus_api_answers_istio_dashboards_from_a_real_mesh() {
             "1s",
         ],
     );
-    let p = |n: u8, name: &str, app: &str| Pod {
-        ip: format!("127.0.16.{n}"),
-        name: name.into(),
-        namespace: "default".into(),
-        app: app.into(),
-        version: "v1".into(),
-    };
-    let (reviews, _a) = backend(
-        dir.path(),
-        p(2, "reviews-v1-545db77b95-aaaaa", "reviews"),
-        Duration::from_millis(3),
-    );
-    let (details, _b) = backend(
-        dir.path(),
-        p(3, "details-v1-5f4d584748-ddddd", "details"),
-        Duration::from_millis(30),
-    );
+    let p = |n: u8, i: usize| Pod::bookinfo(&PODS[i], format!("127.0.16.{n}"));
+    let (reviews, _a) = backend(dir.path(), p(2, REVIEWS_V1), Duration::from_millis(3));
+    let (details, _b) = backend(dir.path(), p(3, DETAILS), Duration::from_millis(30));
     let productpage = SidecarSpec {
-        pod: p(1, "productpage-v1-6b746f74dc-eeeee", "productpage"),
+        pod: p(1, PRODUCTPAGE),
         admin_port: 15000,
         outbound: vec![
             Outbound {
