@@ -9,4 +9,5 @@
 pub mod envoy;
 pub mod http;
 pub mod otlp;
+pub mod reply;
 pub mod rows;

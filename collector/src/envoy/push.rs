@@ -25,7 +25,7 @@ use super::access_log::{
 use super::stats::parse_stats;
 use meshscope_storage::{StoreError, StoreWriter};
 
-use crate::http::{error, ingest_response, store_error};
+use crate::reply::{error, ingest_response, store_error};
 
 /// Counters of one receiver, for `/metrics`.
 #[derive(Debug, Default)]
