@@ -2,8 +2,9 @@
 //! lookups (`lookup`), the service graph (`graph`), OTLP ingest as a load client (`otlp`) and
 //! access-log parsing (`access_log`). They print figures; tests only check that they run.
 //!
-//! Benchmarks live apart so that no library crate carries their dependencies; the data they
-//! store comes from the testkit's generators.
+//! Benchmarks live apart so that no library crate carries their dependencies (the OTLP load
+//! client, rand, tempfile); the data they store comes from the testkit's generators. Only the
+//! application imports this crate.
 
 pub mod access_log;
 pub mod graph;

@@ -3,8 +3,9 @@
 //! graph (`graph`), traces and request lookups (`traces`), Jaeger (`jaeger`) and Prometheus
 //! (`prom`) APIs, all served by one router (`api`).
 //!
-//! It reads and never writes: it must never import the collector (`meshscope-collector`), the
-//! storage engine beyond the reader handle, or the application crate.
+//! It reads and never writes: it must never import the collector (`meshscope-collector`) or
+//! the application crate, and it sees the storage engine only through the reader handle and
+//! the storage crate's file and manifest types.
 
 pub mod api;
 pub mod graph;

@@ -82,7 +82,7 @@ impl Table {
 
     /// The column compacted Parquet segments are sorted by (trace lookups read few pages).
     /// Flushed segments of tables with bloom filters keep arrival order (see
-    /// `collector::storage::segment::encode_segment`).
+    /// `meshscope_storage::segment::encode_segment`).
     pub fn sort_column(self) -> &'static str {
         match self {
             Table::Spans => spans::TRACE_ID,

@@ -4,6 +4,7 @@
 use super::*;
 
 impl Store {
+    /// Appends a batch; returns once the rows are durable in the WAL and visible to queries.
     pub async fn append(
         &self,
         table: Table,

@@ -161,22 +161,6 @@ fn frame(tag: u8, hour: i64, body: &[u8]) -> Vec<u8> {
 /// decoder read are logged, so an `Err` at replay is corruption.
 pub type RequestDecoder = fn(&[u8]) -> Result<RecordBatch, String>;
 
-/// Why a record could not be decoded.
-#[derive(Debug)]
-enum DecodeError {
-    /// The bytes are not what the record claims: a torn or corrupt record.
-    Corrupt(String),
-    /// A request record, and no decoder was handed to the store: the WAL is fine, the
-    /// process is misconfigured, so nothing may be truncated.
-    NoDecoder,
-}
-
-impl From<String> for DecodeError {
-    fn from(e: String) -> DecodeError {
-        DecodeError::Corrupt(e)
-    }
-}
-
 /// Encodes one `spans` record holding `request` as received (header included). Replay decodes
 /// it into rows with the [`RequestDecoder`] the store was given.
 pub fn encode_request_record(request: &[u8]) -> Vec<u8> {
@@ -184,18 +168,18 @@ pub fn encode_request_record(request: &[u8]) -> Vec<u8> {
     frame(Table::Spans.tag() | REQUEST, 0, request)
 }
 
-fn decode_payload(payload: &[u8], decoder: Option<RequestDecoder>) -> Result<Decoded, DecodeError> {
+fn decode_payload(payload: &[u8], decoder: Option<RequestDecoder>) -> Result<Decoded, String> {
     let flags = payload[0];
     if flags & REQUEST != 0 {
         let tag = flags & !REQUEST;
         if Table::from_tag(tag) != Some(Table::Spans) {
-            return Err(format!("a logged-request record with table tag {tag}").into());
+            return Err(format!("a logged-request record with table tag {tag}"));
         }
-        let decoder = decoder.ok_or(DecodeError::NoDecoder)?;
+        let decoder = decoder.ok_or("a logged-request record, and no decoder for it")?;
         let request = inflate(&payload[9..])?;
         let batch = decoder(&request)?;
         let records = super::segment::split_by_hour(Table::Spans, &batch)
-            .map_err(|e| DecodeError::Corrupt(e.to_string()))?
+            .map_err(|e| e.to_string())?
             .into_iter()
             .map(|(hour, batch)| WalRecord {
                 table: Table::Spans,
@@ -223,7 +207,7 @@ fn decode_payload(payload: &[u8], decoder: Option<RequestDecoder>) -> Result<Dec
     let mut positions = Vec::new();
     if flags & POSITIONS != 0 {
         if flags & WHOLE_LZ4 == 0 {
-            return Err(format!("a positions record with tag {flags:#x}").into());
+            return Err(format!("a positions record with tag {flags:#x}"));
         }
         (positions, body) = take_positions(body)?;
     }
@@ -231,7 +215,7 @@ fn decode_payload(payload: &[u8], decoder: Option<RequestDecoder>) -> Result<Dec
     // Table tag 0: a positions snapshot, no rows.
     if tag == 0 && flags & POSITIONS != 0 {
         if !body.is_empty() {
-            return Err(format!("{} bytes after a positions snapshot", body.len()).into());
+            return Err(format!("{} bytes after a positions snapshot", body.len()));
         }
         return Ok(Decoded {
             records: Vec::new(),
@@ -317,24 +301,26 @@ pub fn read_segment(
             torn = Some(format!("record at byte {pos} fails its checksum"));
             break;
         }
+        // A request record that this store cannot decode is a misconfigured process, not a
+        // torn WAL: nothing may be truncated.
+        if payload[0] & REQUEST != 0 && decoder.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: the record at byte {pos} logs a request, and the store was given no \
+                     decoder for it (StoreConfig::request_decoder)",
+                    path.display()
+                ),
+            ));
+        }
         match decode_payload(payload, decoder) {
             Ok(d) => {
                 records.extend(d.records);
                 positions.extend(d.positions);
             }
-            Err(DecodeError::Corrupt(e)) => {
+            Err(e) => {
                 torn = Some(format!("record at byte {pos} does not decode: {e}"));
                 break;
-            }
-            Err(DecodeError::NoDecoder) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "{}: the record at byte {pos} logs a request, and the store was given \
-                         no decoder for it (StoreConfig::request_decoder)",
-                        path.display()
-                    ),
-                ));
             }
         }
         pos += HEADER + len;
@@ -445,14 +431,10 @@ mod tests {
         assert_eq!(d.positions, vec![("k".to_string(), "v".to_string())]);
         assert!(d.records.is_empty());
         let bad = frame(POSITIONS | WHOLE_LZ4, 0, b"\x03\0\0\0abc");
-        let Err(DecodeError::Corrupt(e)) = decode_payload(&bad[HEADER..], None) else {
-            panic!("positions that do not parse decoded")
-        };
+        let e = decode_payload(&bad[HEADER..], None).err().unwrap();
         assert!(e.contains("positions do not parse"), "{e}");
         let short = frame(POSITIONS | WHOLE_LZ4, 0, b"\x09\0\0\0[]");
-        let Err(DecodeError::Corrupt(e)) = decode_payload(&short[HEADER..], None) else {
-            panic!("positions that claim too much decoded")
-        };
+        let e = decode_payload(&short[HEADER..], None).err().unwrap();
         assert!(e.contains("positions claim 9 bytes"), "{e}");
     }
 }

@@ -1,7 +1,7 @@
 // meshscope's UI in Debian's headless Chromium, driven by playwright-core.
 //   node tests/browser/ui.test.mjs <base-url> <artifacts-dir>
 // Exits non-zero with a message on the first failed check. Expects the data that
-// tests/tests/ui.rs ingests (a small bookinfo with a tripped breaker and traced requests).
+// tests/tests/integration/ui.rs ingests (a small bookinfo with a tripped breaker and traced requests).
 
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';

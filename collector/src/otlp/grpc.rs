@@ -151,7 +151,7 @@ impl UnaryService<DecodedTraces> for ExportTraces {
 }
 
 /// Export requests in through `ingest::decode_traces_protobuf`, responses out with prost.
-/// A request storage would refuse (`Store::admit`) is answered UNAVAILABLE without decoding.
+/// A request storage would refuse (`StoreWriter::admit`) is answered UNAVAILABLE without decoding.
 #[derive(Debug, Clone)]
 struct TracesCodec(OtlpState);
 

@@ -183,7 +183,7 @@ pub async fn export_logs(
 }
 
 /// Refuses a request before it is decoded while storage is over its buffer limit
-/// (`Store::admit`), counted as throttled like a refused append.
+/// (`StoreWriter::admit`), counted as throttled like a refused append.
 pub fn admit(state: &OtlpState) -> Result<(), OtlpError> {
     throttled(state, state.store.admit())
 }

@@ -1047,3 +1047,11 @@ async fn a_logged_trace_export_replays_into_the_same_rows() {
         1
     );
 }
+
+/// The decoder the store replays logged exports with: a body this receiver never read (a
+/// torn or overwritten record) is an error, so replay treats it as corruption.
+#[test]
+fn the_wal_decoder_refuses_what_is_not_a_trace_export() {
+    let e = request_decoder(&0u32.to_le_bytes()).unwrap_err();
+    assert!(e.contains("does not decode"), "{e}");
+}

@@ -33,8 +33,8 @@ impl Epoch {
     }
 }
 
-/// The last instant a time parameter may name: year 5138 (1e11 unix seconds).
-const MAX_NS: f64 = 1e20;
+/// Times past what unix nanoseconds in an `i64` hold (the year 2262) are refused.
+const MAX_NS: f64 = i64::MAX as f64;
 
 /// The current time in unix nanoseconds: the one clock of every API.
 pub fn now_ns() -> i64 {

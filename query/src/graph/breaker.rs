@@ -3,7 +3,6 @@
 
 use super::*;
 
-/// Breaker state of one edge from its source proxies' stats for the destination service.
 /// The breaker series of each proxy workload `(namespace, workload)`, with the service host
 /// its cluster points at: built once per graph, so an edge looks up only its own callers.
 pub(crate) type BreakerIndex<'a> =
@@ -22,6 +21,7 @@ pub(crate) fn breaker_index(st: &RollupState) -> BreakerIndex<'_> {
     index
 }
 
+/// Breaker state of one edge from its source proxies' stats for the destination service.
 pub(crate) fn breaker_for(
     st: &RollupState,
     index: &BreakerIndex<'_>,

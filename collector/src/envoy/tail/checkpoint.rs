@@ -47,7 +47,7 @@ impl FileCheckpoint {
         }
     }
 
-    /// The key of this file's position in the store's WAL (see `Store::append_at`).
+    /// The key of this file's position in the store's WAL (see `StoreWriter::append_at`).
     pub fn store_key(&self) -> String {
         store_key(self.id())
     }
@@ -61,7 +61,7 @@ pub fn store_key(id: FileId) -> String {
 /// What every access-log file's key in the store starts with.
 pub const STORE_KEY_PREFIX: &str = "access_log ";
 
-/// Adds the positions the store's WAL logged with the rows (`Store::positions`) to the
+/// Adds the positions the store's WAL logged with the rows (`StoreWriter::positions`) to the
 /// checkpoints read from the file: the newer of the two wins for each file. The checkpoint
 /// file is written just after each append, so it lags the WAL by the chunk in flight when
 /// the process was killed; the WAL lags the file for chunks that stored no rows.

@@ -18,7 +18,7 @@
 //!
 //! **Checkpoints.** Each chunk's rows are appended together with the file's position after
 //! the chunk (identity, offset, line number, a fingerprint of the first bytes and a change
-//! count), in one WAL record (`Store::append_at`): a crash keeps both or neither. After the
+//! count), in one WAL record (`StoreWriter::append_at`): a crash keeps both or neither. After the
 //! append returns, the position of every file is also written to
 //! `<data-dir>/checkpoints/access_log.json`, which covers chunks of rejected lines only (no
 //! rows to log) and is what people read. A restart takes, per file, the newer of the two
