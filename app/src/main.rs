@@ -2,8 +2,8 @@
 //!
 //! This crate is the application: the CLI and its configuration (`config`), the wiring of a
 //! process for its role (`server`, `status`), the embedded UI (`ui`) and `meshscope demo`
-//! (`demo`). It is the only crate that imports both the collector and the query service;
-//! no library crate imports it.
+//! (`demo`). With the benchmarks (`meshscope-bench`), it is the only crate that imports both
+//! the collector and the query service; no library crate imports it.
 
 use std::process::ExitCode;
 
@@ -51,6 +51,14 @@ fn tune_allocator() {
     }
 }
 
+/// Stack of every runtime thread (workers and the blocking pool). Parsers, DataFusion's
+/// planner and the PromQL evaluator recurse over a query's expression tree, and some of that
+/// recursion (DataFusion formatting an expression's name, dropping a tree) has no guard of its
+/// own: with tokio's 2 MiB a `SELECT 1+1+…` of 300 terms overflowed it in a debug build and
+/// aborted the process. `api::limits` bounds the tree (1,000 operators, brackets 64 deep);
+/// this leaves room for that bound. The memory is reserved, not used, until touched.
+const THREAD_STACK_BYTES: usize = 16 << 20;
+
 fn main() -> ExitCode {
     tune_allocator();
     let cli = match config::parse_from(std::env::args().collect()) {
@@ -70,6 +78,7 @@ fn main() -> ExitCode {
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(THREAD_STACK_BYTES)
         .build()
     {
         Ok(rt) => rt,

@@ -12,6 +12,7 @@ use futures::StreamExt;
 use meshscope_schemas::Table;
 use meshscope_storage::StoreReader;
 
+use crate::api::limits::{Dialect, check_query_shape};
 use crate::provider::StoreTable;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +21,8 @@ pub enum SqlError {
     NotReadOnly(String),
     #[error("invalid query: {0}")]
     Invalid(String),
+    #[error("the query is too large to run safely: {0}")]
+    TooLarge(String),
     #[error(
         "the query ran longer than the time limit of {0:?}; narrow the time range or add filters"
     )]
@@ -115,6 +118,7 @@ impl QueryEngine {
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
+        check_query_shape(sql, Dialect::Sql).map_err(SqlError::TooLarge)?;
         let run = async {
             let df = self
                 .ctx

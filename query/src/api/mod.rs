@@ -1,8 +1,10 @@
 //! The query service's HTTP API: one router over SQL, traces, Jaeger, the service graph and
-//! Prometheus, the JSON error envelope every query endpoint answers with, and (in [`time`])
-//! the time and duration parameters and the clock they all share. `routes` is a plain
+//! Prometheus; meshscope's JSON error envelope (Jaeger and Prometheus answer in their own
+//! formats, as their clients expect); the time and duration parameters and the clock they
+//! all share ([`time`]); and the limits on a query's shape ([`limits`]). `routes` is a plain
 //! function, so tests drive it with `oneshot`.
 
+pub mod limits;
 pub mod time;
 
 use axum::Json;
@@ -74,6 +76,7 @@ async fn sql(State(s): State<QueryApi>, body: Bytes) -> Response {
             let (status, kind) = match &e {
                 SqlError::NotReadOnly(_) => (StatusCode::FORBIDDEN, "read_only"),
                 SqlError::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_query"),
+                SqlError::TooLarge(_) => (StatusCode::BAD_REQUEST, "query_too_large"),
                 SqlError::Timeout(_) => (StatusCode::BAD_REQUEST, "timeout"),
                 SqlError::TooManyRows(_) => (StatusCode::BAD_REQUEST, "too_many_rows"),
                 SqlError::Execution(_) => (StatusCode::INTERNAL_SERVER_ERROR, "execution"),

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value as Json, json};
 
+use crate::api::limits::{Dialect, check_query_shape};
 use crate::api::time::{self, Epoch, now_ns};
 use crate::rollup::Rollups;
 use crate::sql::QueryEngine;
@@ -218,6 +219,8 @@ async fn prepare(
 fn parse_query(p: &[(String, String)]) -> Result<promql_parser::parser::Expr, PromError> {
     let q = one(p, "query")
         .ok_or_else(|| fail("bad_data", "invalid parameter \"query\": query is empty"))?;
+    check_query_shape(q, Dialect::PromQl)
+        .map_err(|e| fail("bad_data", format!("invalid parameter \"query\": {e}")))?;
     promql_parser::parser::parse(q)
         .map_err(|e| fail("bad_data", format!("invalid parameter \"query\": {e}")))
 }
@@ -425,16 +428,21 @@ fn match_params(
 ) -> Result<Vec<promql_parser::parser::VectorSelector>, PromError> {
     p.iter()
         .filter(|(k, _)| k == "match[]")
-        .map(|(_, v)| match promql_parser::parser::parse(v) {
-            Ok(promql_parser::parser::Expr::VectorSelector(vs)) => Ok(vs),
-            Ok(_) => Err(fail(
-                "bad_data",
-                format!("invalid parameter \"match[]\": {v} is not a series selector"),
-            )),
-            Err(e) => Err(fail(
-                "bad_data",
-                format!("invalid parameter \"match[]\": {e}"),
-            )),
+        .map(|(_, v)| {
+            match check_query_shape(v, Dialect::PromQl)
+                .map_err(|e| e.to_string())
+                .and_then(|()| promql_parser::parser::parse(v))
+            {
+                Ok(promql_parser::parser::Expr::VectorSelector(vs)) => Ok(vs),
+                Ok(_) => Err(fail(
+                    "bad_data",
+                    format!("invalid parameter \"match[]\": {v} is not a series selector"),
+                )),
+                Err(e) => Err(fail(
+                    "bad_data",
+                    format!("invalid parameter \"match[]\": {e}"),
+                )),
+            }
         })
         .collect()
 }

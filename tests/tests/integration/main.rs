@@ -10,6 +10,7 @@ mod demo;
 mod envoy_graph;
 mod envoy_mesh;
 mod envoy_traces;
+mod hostile;
 mod otel_sdk;
 mod process;
 mod s3;
