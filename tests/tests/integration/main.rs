@@ -1,6 +1,6 @@
 //! meshscope's integration tests, one binary: each module is an area, run against a real
 //! `meshscope` process (or the engine in process) and real peers — Envoy, the OpenTelemetry
-//! SDK, moto's S3, headless Chromium. Helpers live in `tests/src`; `tests/run.sh` installs
+//! SDK, moto's S3, headless Chromium. Helpers are the testkit's real peers (`testkit/src/peers`); `tests/run.sh` installs
 //! the peers. Modules that start sidecars use their own loopback /24 (127.0.<base>.x), so
 //! they can run side by side.
 

@@ -41,7 +41,7 @@ pub struct Pod {
 
 impl Pod {
     /// A pod of the testkit's bookinfo mesh, at a loopback address instead of its pod IP.
-    pub fn bookinfo(p: &meshscope_testkit::bookinfo::Pod, ip: String) -> Pod {
+    pub fn bookinfo(p: &crate::bookinfo::Pod, ip: String) -> Pod {
         Pod {
             ip,
             name: p.name.into(),

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use crate::Server;
-use crate::app::App;
-use crate::envoy::{Breaker, Inbound, Outbound, Pod, Sidecar, SidecarSpec};
+use super::Server;
+use super::app::App;
+use super::envoy::{Breaker, Inbound, Outbound, Pod, Sidecar, SidecarSpec};
 
 /// The running mesh; every process stops when it is dropped.
 pub struct Mesh {
