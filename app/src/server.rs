@@ -128,7 +128,7 @@ pub async fn run_with(
     };
     let state = AppState {
         role,
-        store: store.clone(),
+        store: store.reader(),
         queries,
         ingest: receivers.as_ref().map(|r| r.envoy.clone()),
         otlp: receivers.as_ref().map(|r| r.otlp_stats.clone()),

@@ -15,7 +15,7 @@ use meshscope_collector::envoy::scrape::Sources;
 use meshscope_collector::otlp::OtlpStats;
 use meshscope_collector::reply::store_error;
 use meshscope_query::api::QueryApi;
-use meshscope_storage::Store;
+use meshscope_storage::StoreReader;
 use serde_json::json;
 
 /// Which parts of the API a process serves.
@@ -39,7 +39,8 @@ impl Role {
 #[derive(Clone)]
 pub struct AppState {
     pub role: Role,
-    pub store: Store,
+    /// What status and metrics read of the store.
+    pub store: StoreReader,
     /// The query API (query roles).
     pub queries: Option<QueryApi>,
     /// Envoy push receivers and row ingest (collector roles).
