@@ -2,7 +2,7 @@
 // header's search box (trace id or x-request-id), the theme, and the demo phase.
 // Views live in graph.js (topology) and traces.js (search, waterfall, request).
 
-import { getJSON, route } from './dom.js';
+import { getJSON, route, token, setToken } from './dom.js';
 import { Topology } from './graph.js';
 import { TraceSearch, TraceView } from './traces.js';
 
@@ -96,6 +96,28 @@ async function demoPhase() {
     el.hidden = true;
   }
 }
+
+// Tokens: `#token=<token>` (a link an operator hands out; the fragment never reaches the
+// server) is kept for this tab and removed from the address bar. A 401 opens the login
+// dialog; signing in re-renders the view.
+if (location.hash.startsWith('#token=')) {
+  setToken(decodeURIComponent(location.hash.slice('#token='.length)));
+  history.replaceState(null, '', location.pathname + location.search + '#/topology');
+}
+const login = document.getElementById('login');
+window.addEventListener('meshscope:unauthorized', () => {
+  if (login.open) return;
+  login.querySelector('.login-error').textContent = token() ? 'That token was not accepted.' : '';
+  login.showModal();
+  login.querySelector('input').focus();
+});
+login.querySelector('form').addEventListener('submit', () => {
+  const input = login.querySelector('input');
+  setToken(input.value.trim());
+  input.value = '';
+  render();
+  demoPhase();
+});
 
 render();
 demoPhase();

@@ -41,14 +41,30 @@ export function route(path, params) {
   return '#/' + path.split('/').map(encodeURIComponent).join('/') + (qs ? '?' + qs : '');
 }
 
+// The API token, when the server asks for one. It lives in this tab's sessionStorage only
+// (gone when the tab closes) and travels in the Authorization header, never in a URL the
+// server sees: `#token=…` links are read from the fragment, which browsers do not send.
+const TOKEN_KEY = 'meshscope.token';
+export function token() {
+  try { return sessionStorage.getItem(TOKEN_KEY) || ''; } catch { return ''; }
+}
+export function setToken(t) {
+  try { if (t) sessionStorage.setItem(TOKEN_KEY, t); else sessionStorage.removeItem(TOKEN_KEY); } catch { /* storage off */ }
+}
+
 export async function getJSON(url) {
-  const r = await fetch(url, { headers: { accept: 'application/json' } });
+  const headers = { accept: 'application/json' };
+  const t = token();
+  if (t) headers.authorization = 'Bearer ' + t;
+  const r = await fetch(url, { headers });
   let body = null;
   try { body = await r.json(); } catch { /* not JSON */ }
   if (!r.ok) {
     const msg = body && (body.message || body.error) ? (body.message || body.error) : r.statusText;
     const e = new Error(`${r.status}: ${msg}`);
     e.status = r.status;
+    // app.js asks for a token
+    if (r.status === 401) window.dispatchEvent(new CustomEvent('meshscope:unauthorized', { detail: msg }));
     throw e;
   }
   return body;

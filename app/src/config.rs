@@ -196,6 +196,26 @@ pub struct ServerOpts {
     /// Log filter (tracing EnvFilter syntax), e.g. info or meshscope=debug.
     #[arg(long, env = "MESHSCOPE_LOG", default_value = "info")]
     pub log: String,
+
+    /// File of bearer tokens, one per line (`#` starts a comment; at least 16 characters
+    /// each), granting reads and ingest. With any token file set, every listener asks for a
+    /// token (`Authorization: Bearer <token>`, or Basic auth with the token as the password)
+    /// except /healthz, /metrics and the UI's static files. Read once at start.
+    #[arg(long, env = "MESHSCOPE_AUTH_TOKEN_FILE", value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
+
+    /// File of tokens that grant reads only (the UI, Grafana, the query APIs).
+    #[arg(long, env = "MESHSCOPE_READ_TOKEN_FILE", value_name = "FILE")]
+    pub read_token_file: Option<PathBuf>,
+
+    /// File of tokens that grant ingest only (OTLP, pushes, row ingest).
+    #[arg(long, env = "MESHSCOPE_INGEST_TOKEN_FILE", value_name = "FILE")]
+    pub ingest_token_file: Option<PathBuf>,
+
+    /// Serve a non-loopback address without any token. Without this, meshscope refuses to
+    /// start when a listener binds beyond 127.0.0.0/8 or ::1 and no token file is set.
+    #[arg(long, env = "MESHSCOPE_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
 }
 
 /// `demo`: every `serve` option plus the simulator's.
@@ -356,6 +376,8 @@ pub struct ServerConfig {
     pub rollups: meshscope_query::rollup::RollupConfig,
     pub health: meshscope_query::graph::HealthConfig,
     pub log: String,
+    /// Tokens every listener asks for (open when none are configured).
+    pub auth: meshscope_auth::Auth,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -470,6 +492,7 @@ impl ServerOpts {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return bad(format!("--log {:?}: {e}", self.log));
         }
+        let auth = self.auth(read_only)?;
         let mut store = StoreConfig::local(&self.data_dir);
         store.location = self.data_dir.clone();
         store.wal_dir = wal_dir;
@@ -509,7 +532,38 @@ impl ServerOpts {
             },
             health,
             log: self.log.clone(),
+            auth,
         })
+    }
+
+    /// Tokens from the token files; refuses to serve a non-loopback address without any
+    /// (unless `--insecure-no-auth`). `read_only`: the query role binds no OTLP listener.
+    fn auth(&self, read_only: bool) -> Result<meshscope_auth::Auth, ConfigError> {
+        let files = meshscope_auth::TokenFiles {
+            both: self.auth_token_file.clone(),
+            read: self.read_token_file.clone(),
+            ingest: self.ingest_token_file.clone(),
+        };
+        let auth = meshscope_auth::Auth::from_files(&files)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if auth.is_enabled() || self.insecure_no_auth {
+            return Ok(auth);
+        }
+        let mut bound = vec![("--api-addr", self.api_addr)];
+        if !read_only {
+            bound.push(("--otlp-grpc-addr", self.otlp_grpc_addr));
+            bound.push(("--otlp-http-addr", self.otlp_http_addr));
+        }
+        if let Some((flag, addr)) = bound.iter().find(|(_, a)| !a.ip().is_loopback()) {
+            return Err(ConfigError::Invalid(format!(
+                "{flag} {addr} is reachable from other machines and no token is set: anyone who \
+                 reaches it could read every trace and write rows. Give --auth-token-file FILE \
+                 (MESHSCOPE_AUTH_TOKEN_FILE; one token per line, e.g. from \
+                 `head -c 24 /dev/urandom | base64`), or --insecure-no-auth to serve without \
+                 authentication"
+            )));
+        }
+        Ok(auth)
     }
 }
 
@@ -716,5 +770,56 @@ mod tests {
                 .to_string()
                 .contains("--wal-dir is required")
         );
+    }
+
+    #[test]
+    fn non_loopback_listeners_need_a_token() {
+        let serve = |a: &[&str]| -> Result<ServerConfig, ConfigError> {
+            let cli = parse_from(args(a)).unwrap();
+            match cli.command {
+                Command::Serve(o) => o.validate(false),
+                Command::Query(o) => o.validate(true),
+                _ => panic!(),
+            }
+        };
+        let err = serve(&["serve", "--api-addr", "0.0.0.0:20001"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--api-addr 0.0.0.0:20001") && err.contains("--auth-token-file"),
+            "{err}"
+        );
+        let err = serve(&["serve", "--otlp-grpc-addr", "[::]:4317"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--otlp-grpc-addr"), "{err}");
+        // the query role binds no OTLP listener
+        assert!(serve(&["query", "--otlp-grpc-addr", "0.0.0.0:4317"]).is_ok());
+        let open = serve(&["serve", "--api-addr", "0.0.0.0:20001", "--insecure-no-auth"]).unwrap();
+        assert!(!open.auth.is_enabled());
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tokens");
+        std::fs::write(&f, "0123456789abcdef0123\n").unwrap();
+        let f = f.to_string_lossy().to_string();
+        let c = serve(&[
+            "serve",
+            "--api-addr",
+            "0.0.0.0:20001",
+            "--auth-token-file",
+            &f,
+        ])
+        .unwrap();
+        assert!(c.auth.is_enabled());
+        // a token file on loopback turns auth on too
+        assert!(
+            serve(&["serve", "--auth-token-file", &f])
+                .unwrap()
+                .auth
+                .is_enabled()
+        );
+        let err = serve(&["serve", "--read-token-file", &f])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no token grants ingest"), "{err}");
     }
 }

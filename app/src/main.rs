@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 mod config;
 mod demo;
+mod guard;
 mod server;
 mod status;
 mod ui;

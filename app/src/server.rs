@@ -126,7 +126,10 @@ pub async fn run_with(
         }),
         _ => None,
     };
+    let guard = meshscope_auth::Guard::new(cfg.auth.clone(), crate::guard::route_of)
+        .loopback_host_only(cfg.api_addr.ip().is_loopback());
     let state = AppState {
+        refused: guard.stats.clone(),
         role,
         store: store.reader(),
         queries,
@@ -143,6 +146,13 @@ pub async fn run_with(
         .await
         .with_context(|| format!("binding --api-addr {}", cfg.api_addr))?;
     let addr = listener.local_addr()?;
+    // Tokens and browser checks in front of every route, extras included.
+    let app = guard.apply(app);
+    if cfg.auth.is_enabled() {
+        info!("tokens required on every listener (except /healthz, /metrics and the UI's files)");
+    } else if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "serving without authentication (--insecure-no-auth)");
+    }
     info!(role = role.as_str(), %addr, data = %cfg.store.location, "meshscope is serving");
     // A line tests and scripts can wait for.
     println!("meshscope {} listening on http://{addr}/", role.as_str());
@@ -213,6 +223,7 @@ async fn start_receivers(
         AccessLogFormat::compile(&cfg.access_log_format).context("--access-log-format")?;
     let book_owner = envoy.clone();
     let otlp = OtlpState::new(store.clone())
+        .with_auth(cfg.auth.clone())
         .with_limits(OtlpLimits {
             max_body_bytes: cfg.max_body_bytes,
         })

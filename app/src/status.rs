@@ -49,6 +49,8 @@ pub struct AppState {
     pub sources: Sources,
     /// `meshscope demo`: the simulator's phase, shown as `demo` in `/api/v1/status`.
     pub demo_status: Option<StatusHook>,
+    /// Requests the API port's guard refused.
+    pub refused: Arc<meshscope_auth::GuardStats>,
 }
 
 /// A section of `/api/v1/status` computed on each request.
@@ -228,6 +230,24 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
                     )
                 })
                 .collect(),
+        );
+    }
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        metric(
+            "meshscope_api_refused_total",
+            "counter",
+            "API requests refused at the door: unauthorized (no or a wrong token), forbidden (a token of the other scope, or a browser-shaped cross-site request).",
+            vec![
+                (
+                    "{reason=\"unauthorized\"}".into(),
+                    s.refused.unauthorized.load(Relaxed) as f64,
+                ),
+                (
+                    "{reason=\"forbidden\"}".into(),
+                    s.refused.forbidden.load(Relaxed) as f64,
+                ),
+            ],
         );
     }
     if s.ingest.is_some() {

@@ -19,8 +19,10 @@ function check(cond, what) {
   if (cond) console.log('ok   ' + what);
   else { console.log('FAIL ' + what); failures.push(what); }
 }
+// UI_TOKEN: the server asks for a token (the UI's login dialog is tried first).
+const uiToken = process.env.UI_TOKEN || '';
 async function api(path) {
-  const r = await fetch(new URL(path, base));
+  const r = await fetch(new URL(path, base), { headers: uiToken ? { authorization: 'Bearer ' + uiToken } : {} });
   if (!r.ok) throw new Error(`${path}: ${r.status} ${await r.text()}`);
   return r.json();
 }
@@ -41,10 +43,33 @@ try {
   page.on('dialog', async (d) => { dialogs.push(d.message()); await d.dismiss(); });
   page.on('pageerror', (e) => pageErrors.push(String(e)));
   // The demo endpoint answers 404 outside `meshscope demo`; the UI asks anyway.
+  let signedIn = !uiToken;
   page.on('console', (m) => {
+    // before signing in, the browser logs the 401s that open the login dialog
+    if (!signedIn && m.text().includes('401')) return;
     if (m.type() === 'error' && !(m.location()?.url || '').includes('api/v1/demo')) pageErrors.push(`${m.text()} (${m.location()?.url})`);
   });
   page.on('request', (r) => { if (!r.url().startsWith(base)) foreign.push(r.url()); });
+
+  // ---- Login (a server with --auth-token-file): the dialog, a wrong token, the right one
+  if (uiToken) {
+    await page.goto(new URL('#/topology?window=5m&type=versioned_app&refresh=0', base).href);
+    const dialog = page.locator('[data-testid=login]');
+    await dialog.waitFor({ state: 'visible' });
+    check(await page.locator('[data-testid=node]').count() === 0, 'without a token the page shows no data, only the login dialog');
+    await page.fill('[data-testid=login-token]', 'not-the-token-0123456789');
+    await page.click('[data-testid=login-submit]');
+    await page.waitForFunction(() => document.querySelector('[data-testid=login-error]')?.textContent.includes('not accepted'));
+    check(await dialog.isVisible(), 'a wrong token opens the dialog again, saying it was not accepted');
+    await page.fill('[data-testid=login-token]', uiToken);
+    signedIn = true;
+    await page.click('[data-testid=login-submit]');
+    await page.waitForSelector('[data-testid=node]');
+    check(!(await dialog.isVisible()), 'the right token closes the dialog and the graph is drawn');
+    check(!page.url().includes(uiToken), 'the token is in no URL');
+    // leave the document, so the checks below load the page afresh (the tab keeps the token)
+    await page.goto('about:blank');
+  }
 
   // ---- Topology
   const graph = await api('api/v1/graph?window=5m&graph_type=versioned_app&inject_service_nodes=true');

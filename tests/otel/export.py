@@ -6,11 +6,28 @@ import json
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 
-def export(exporter, transport):
+class Recording(SpanExporter):
+    """Passes spans to the real exporter and keeps its answers (SUCCESS or FAILURE)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.results = []
+
+    def export(self, spans):
+        r = self.inner.export(spans)
+        self.results.append(r.name)
+        return r
+
+    def shutdown(self):
+        self.inner.shutdown()
+
+
+def export(exporter, transport, results):
+    exporter = Recording(exporter)
     provider = TracerProvider(resource=Resource.create({"service.name": f"reviews-{transport}", "k8s.namespace.name": "default"}))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("meshscope-test", "1.0")
@@ -31,6 +48,7 @@ def export(exporter, transport):
             cc = child.get_span_context()
             child.set_attribute("peer.address", "127.0.10.7")
     provider.shutdown()
+    results[transport] = exporter.results
     sent.append({"trace_id": format(rc.trace_id, "032x"), "span_id": format(rc.span_id, "016x"), "name": "GET /reviews", "kind": "server"})
     sent.append({"trace_id": format(cc.trace_id, "032x"), "span_id": format(cc.span_id, "016x"), "name": "ratings call", "kind": "client",
                  "parent_span_id": format(rc.span_id, "016x")})
@@ -41,12 +59,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--grpc", required=True, help="host:port of OTLP/gRPC")
     ap.add_argument("--http", required=True, help="http://host:port of OTLP/HTTP")
+    ap.add_argument("--token", help="sent as `authorization: Bearer <token>`")
     a = ap.parse_args()
+    headers = {"authorization": f"Bearer {a.token}"} if a.token else None
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+    results = {}
     out = {
-        "grpc": export(GrpcExporter(endpoint=a.grpc, insecure=True), "grpc"),
-        "http": export(HttpExporter(endpoint=a.http.rstrip("/") + "/v1/traces"), "http"),
+        "grpc": export(GrpcExporter(endpoint=a.grpc, insecure=True, headers=headers), "grpc", results),
+        "http": export(HttpExporter(endpoint=a.http.rstrip("/") + "/v1/traces", headers=headers), "http", results),
+        "results": results,
     }
     print(json.dumps(out))
 

@@ -21,6 +21,8 @@ pub struct Pusher {
     client: Client<HttpConnector, Full<Bytes>>,
     api: SocketAddr,
     otlp_http: Option<SocketAddr>,
+    /// `Authorization` value when the server asks for tokens.
+    authorization: Option<String>,
 }
 
 /// A loopback address to reach a listener bound to `addr` (0.0.0.0 → 127.0.0.1).
@@ -48,19 +50,24 @@ fn identity_query(pod: &Pod) -> String {
 }
 
 impl Pusher {
-    pub fn new(api: SocketAddr, otlp_http: Option<SocketAddr>) -> Pusher {
+    pub fn new(api: SocketAddr, otlp_http: Option<SocketAddr>, token: Option<String>) -> Pusher {
         Pusher {
             client: Client::builder(TokioExecutor::new()).build_http(),
             api: reachable(api),
             otlp_http: otlp_http.map(reachable),
+            authorization: token.map(|t| format!("Bearer {t}")),
         }
     }
 
     /// POSTs `body`; retries a few times on 429 (storage back-pressure).
     async fn post(&self, uri: &str, content_type: &str, body: Bytes) -> Result<(), String> {
         for attempt in 0..5u64 {
-            let req = hyper::Request::post(uri)
-                .header(hyper::header::CONTENT_TYPE, content_type)
+            let mut req =
+                hyper::Request::post(uri).header(hyper::header::CONTENT_TYPE, content_type);
+            if let Some(a) = &self.authorization {
+                req = req.header(hyper::header::AUTHORIZATION, a);
+            }
+            let req = req
                 .body(Full::new(body.clone()))
                 .map_err(|e| format!("POST {uri}: {e}"))?;
             let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))

@@ -131,6 +131,7 @@ pub async fn run(cfg: ServerConfig, speed: f64, seed: Option<u64>) -> anyhow::Re
         s.seed = seed;
         s.speed = speed;
     }
+    let token = cfg.auth.ingest_token();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let status = state.clone();
     let extras = Extras {
@@ -152,7 +153,14 @@ pub async fn run(cfg: ServerConfig, speed: f64, seed: Option<u64>) -> anyhow::Re
         "meshscope demo: bookinfo simulator (seed {seed}, speed {speed}); open http://{}/",
         display_addr(bound.api)
     );
-    let driver = tokio::spawn(drive(bound, speed, seed, state));
+    if token.is_some() {
+        // never the token itself: stdout often ends up in logs
+        println!(
+            "meshscope demo: the UI asks for a token (one of --auth-token-file's), or open http://{}/#token=<token>",
+            display_addr(bound.api)
+        );
+    }
+    let driver = tokio::spawn(drive(bound, speed, seed, state, token));
     let result = server.await;
     driver.abort();
     result?
@@ -167,8 +175,8 @@ fn display_addr(a: std::net::SocketAddr) -> String {
 }
 
 /// The driver: step the simulator with the clock and push each step.
-async fn drive(bound: Bound, speed: f64, seed: u64, state: DemoState) {
-    let pusher = Pusher::new(bound.api, bound.otlp_http);
+async fn drive(bound: Bound, speed: f64, seed: u64, state: DemoState, token: Option<String>) {
+    let pusher = Pusher::new(bound.api, bound.otlp_http, token);
     // Start on the next whole second so phases cover whole rollup buckets.
     let start_s = now_ns() / 1_000_000_000 + 1;
     let mut sim = Simulator::new(seed, speed, start_s);

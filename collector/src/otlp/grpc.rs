@@ -33,6 +33,7 @@ use tonic::codec::{
 };
 use tonic::codegen::{BoxFuture, StdError};
 use tonic::server::{NamedService, UnaryService};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status};
@@ -222,12 +223,26 @@ pub async fn serve_grpc(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), OtlpError> {
     let stats = state.stats.clone();
+    let auth = state.auth.clone();
+    let check = move |req: tonic::Request<()>| -> Result<tonic::Request<()>, Status> {
+        let headers = req.metadata().clone().into_headers();
+        match auth.check(&headers, meshscope_auth::Scope::Ingest) {
+            Ok(()) => Ok(req),
+            Err(d @ meshscope_auth::Denied::WrongScope(_)) => {
+                Err(Status::permission_denied(d.message()))
+            }
+            Err(d) => Err(Status::unauthenticated(d.message())),
+        }
+    };
     Server::builder()
         .layer(tower::util::MapResponseLayer::new(
             move |resp: http::Response<tonic::body::Body>| refused_message(&stats, resp),
         ))
-        .add_service(trace_service(state.clone()))
-        .add_service(logs_service(state))
+        .add_service(InterceptedService::new(
+            trace_service(state.clone()),
+            check.clone(),
+        ))
+        .add_service(InterceptedService::new(logs_service(state), check))
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,

@@ -82,12 +82,20 @@ impl Encoding {
 
 /// The OTLP/HTTP router; serve it with `serve_http` or nest it into another router.
 pub fn router(state: OtlpState) -> Router {
-    Router::new()
+    // Every path needs an ingest token (when tokens are configured); pages of other sites
+    // are refused. The content type is checked by the handlers (415).
+    let guard = meshscope_auth::Guard::new(state.auth.clone(), |_| meshscope_auth::Route {
+        access: meshscope_auth::Access::Need(meshscope_auth::Scope::Ingest),
+        bodies: meshscope_auth::Bodies::Any,
+        style: meshscope_auth::ErrorStyle::Meshscope,
+    });
+    let r = Router::new()
         .route("/v1/traces", post(traces))
         .route("/v1/logs", post(logs))
         // The limit is ours, applied after decompression; axum's default 2 MB must not interfere.
         .layer(DefaultBodyLimit::disable())
-        .with_state(state)
+        .with_state(state);
+    guard.apply(r)
 }
 
 /// Serves OTLP/HTTP (HTTP/1.1 and h2c) on `listener` until `shutdown` completes.

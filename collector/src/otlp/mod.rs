@@ -143,6 +143,8 @@ pub struct OtlpState {
     pub body_parser: Option<BodyParser>,
     /// Runs on every `requests` row built from an OTLP log record.
     pub enricher: Option<RowEnricher>,
+    /// Tokens both OTLP listeners ask for (the ingest scope); open by default.
+    pub auth: meshscope_auth::Auth,
 }
 
 impl fmt::Debug for OtlpState {
@@ -153,6 +155,7 @@ impl fmt::Debug for OtlpState {
             .field("stats", &self.stats.snapshot())
             .field("body_parser", &self.body_parser.is_some())
             .field("enricher", &self.enricher.is_some())
+            .field("auth", &self.auth)
             .finish()
     }
 }
@@ -166,7 +169,14 @@ impl OtlpState {
             stats: Arc::new(OtlpStats::default()),
             body_parser: None,
             enricher: None,
+            auth: Default::default(),
         }
+    }
+
+    /// Ask every OTLP request for an ingest token.
+    pub fn with_auth(mut self, auth: meshscope_auth::Auth) -> OtlpState {
+        self.auth = auth;
+        self
     }
 
     pub fn with_limits(mut self, limits: OtlpLimits) -> OtlpState {

@@ -61,12 +61,16 @@ pub struct Server {
     pub otlp_grpc: Option<String>,
     pub otlp_http: Option<String>,
     pub data_dir: PathBuf,
+    /// Sent as `Authorization: Bearer` by every request helper when set (servers started
+    /// with a token file).
+    pub token: Option<String>,
     stderr_log: PathBuf,
 }
 
 impl Server {
     /// Starts `meshscope <sub> --data-dir <dir> --api-addr 127.0.0.1:0 <extra>` and waits for
-    /// its "listening on" line. OTLP addresses get port 0 too.
+    /// its "listening on" line. OTLP addresses get port 0 too; an address `extra` names
+    /// replaces the default one.
     pub fn start(sub: &str, data_dir: &Path, extra: &[&str]) -> Server {
         Server::start_at(
             sub,
@@ -93,14 +97,13 @@ impl Server {
             .arg(sub)
             .args(["--data-dir", data_dir_arg])
             .envs(envs.iter().copied())
-            .args([
-                "--api-addr",
-                "127.0.0.1:0",
-                "--otlp-grpc-addr",
-                "127.0.0.1:0",
-                "--otlp-http-addr",
-                "127.0.0.1:0",
-            ])
+            // port 0 on loopback unless the test names an address itself
+            .args(
+                ["--api-addr", "--otlp-grpc-addr", "--otlp-http-addr"]
+                    .into_iter()
+                    .filter(|flag| !extra.contains(flag))
+                    .flat_map(|flag| [flag, "127.0.0.1:0"]),
+            )
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -140,6 +143,7 @@ impl Server {
             otlp_grpc,
             otlp_http,
             data_dir: data_dir.to_path_buf(),
+            token: None,
             stderr_log,
         }
     }
@@ -148,9 +152,27 @@ impl Server {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// A POST to `path` carrying the token, if any.
+    pub fn post(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+        let r = agent().post(&self.url(path));
+        match &self.token {
+            Some(t) => r.header("authorization", &format!("Bearer {t}")),
+            None => r,
+        }
+    }
+
+    /// A GET of `path` carrying the token, if any.
+    pub fn get(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+        let r = agent().get(&self.url(path));
+        match &self.token {
+            Some(t) => r.header("authorization", &format!("Bearer {t}")),
+            None => r,
+        }
+    }
+
     /// POSTs a JSON body; returns (status, parsed JSON body).
     pub fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
-        let resp = agent().post(&self.url(path)).send_json(body).expect("POST");
+        let resp = self.post(path).send_json(body).expect("POST");
         read(resp)
     }
 
@@ -161,20 +183,20 @@ impl Server {
 
     /// POSTs a text body; a transport error (e.g. the server was killed) is an `Err`.
     pub fn try_post_text(&self, path: &str, body: &str) -> Result<(u16, Value), ureq::Error> {
-        agent().post(&self.url(path)).send(body).map(read)
+        self.post(path).send(body).map(read)
     }
 
     /// POSTs an `application/x-www-form-urlencoded` form (as Grafana does).
     pub fn post_form(&self, path: &str, fields: &[(&str, &str)]) -> (u16, Value) {
-        let resp = agent()
-            .post(&self.url(path))
+        let resp = self
+            .post(path)
             .send_form(fields.iter().copied())
             .expect("POST");
         read(resp)
     }
 
     pub fn get_json(&self, path: &str) -> (u16, Value) {
-        let resp = agent().get(&self.url(path)).call().expect("GET");
+        let resp = self.get(path).call().expect("GET");
         read(resp)
     }
 
@@ -222,7 +244,8 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn read(mut resp: ureq::http::Response<ureq::Body>) -> (u16, Value) {
+/// Status and body (parsed as JSON when it is JSON) of a response.
+pub fn read(mut resp: ureq::http::Response<ureq::Body>) -> (u16, Value) {
     let status = resp.status().as_u16();
     let text = resp.body_mut().read_to_string().unwrap_or_default();
     let v = serde_json::from_str(&text).unwrap_or(Value::String(text));

@@ -5,6 +5,7 @@
 //! they can run side by side.
 
 mod access_log_files;
+mod auth;
 mod crash;
 mod demo;
 mod envoy_graph;

@@ -29,6 +29,13 @@ fn otel_python_sdk_spans_are_stored_with_every_field() {
         String::from_utf8_lossy(&out.stderr)
     );
     let sent: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // the SDK's own exporters report success (one export per span: SimpleSpanProcessor)
+    assert_eq!(
+        sent["results"],
+        json!({"grpc": ["SUCCESS", "SUCCESS"], "http": ["SUCCESS", "SUCCESS"]}),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for transport in ["grpc", "http"] {
         let spans = sent[transport].as_array().unwrap();
         let root = &spans[0];

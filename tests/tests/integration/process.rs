@@ -2,7 +2,7 @@
 //! bad lines, clean shutdown on SIGTERM, collector and query as separate processes, and the
 //! `meshscope sql` command.
 
-use meshscope_tests::{Server, hour_start_ns, meshscope_bin};
+use meshscope_tests::{Server, hour_start_ns, meshscope_bin, read};
 use serde_json::{Value, json};
 
 fn request_lines(n: usize, prefix: &str) -> String {
@@ -85,8 +85,14 @@ fn sql_endpoint_is_read_only_and_enforces_its_limits() {
     // within the limits, numbers match what was stored
     let rows = server.sql("SELECT count(*) AS n, sum(CASE WHEN response_flags = 'UO' THEN 1 ELSE 0 END) AS uo FROM requests");
     assert_eq!(rows, vec![json!({"n": 40, "uo": 10})]);
-    // malformed requests get a clear 400
-    let (status, v) = server.post_text("/api/v1/sql", "not json");
+    // malformed requests get a clear 400 (a text/plain body is refused before: auth.rs)
+    let (status, v) = read(
+        server
+            .post("/api/v1/sql")
+            .content_type("application/json")
+            .send("not json")
+            .expect("POST"),
+    );
     assert_eq!(status, 400, "{v}");
     let (status, v) = server.post_json("/api/v1/sql", &json!({"sql": "SELECT nope FROM requests"}));
     assert_eq!(

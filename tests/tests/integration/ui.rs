@@ -420,17 +420,33 @@ fn run_browser(server: &meshscope_tests::Server, dir: &str, envs: &[(&str, &str)
     artifacts
 }
 
+const DEMO_TOKEN: &str = "demo-token-0123456789abcdef";
+
 /// The first-run path: `meshscope demo` at a high speed, the page after one whole cycle of
 /// the tutorials (the breaker phase's tripped edge, the fault's marker), and a request the
 /// fault aborted opened from its x-request-id, with one hostile span attribute added.
+/// The server asks for a token: the simulator pushes with it, the page signs in with it.
 #[test]
 fn ui_on_the_demo_in_headless_chromium() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = meshscope_tests::Server::start(
+    // with a token: the simulator pushes with it, the browser signs in with it
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{DEMO_TOKEN}\n")).expect("token file");
+    let mut server = meshscope_tests::Server::start(
         "demo",
         &dir.path().join("data"),
-        &["--speed", "20", "--seed", "7", "--rollup-resolution", "1s"],
+        &[
+            "--speed",
+            "20",
+            "--seed",
+            "7",
+            "--rollup-resolution",
+            "1s",
+            "--auth-token-file",
+            tokens.to_str().expect("utf-8"),
+        ],
     );
+    server.token = Some(DEMO_TOKEN.into());
     // one whole cycle: every phase has run once
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
@@ -516,6 +532,7 @@ fn ui_on_the_demo_in_headless_chromium() {
         server.otlp_http.as_deref().expect("OTLP/HTTP")
     ))
     .header("content-type", "application/json")
+    .header("authorization", &format!("Bearer {DEMO_TOKEN}"))
     .send_json(json!({"resourceSpans": [{
         "resource": {"attributes": [attr("service.name", "productpage.default")]},
         "scopeSpans": [{"spans": [evil]}],
@@ -525,7 +542,11 @@ fn ui_on_the_demo_in_headless_chromium() {
     let artifacts = run_browser(
         &server,
         "ui-artifacts/demo",
-        &[("UI_DEMO", "1"), ("UI_REQUEST_ID", rid.as_str())],
+        &[
+            ("UI_DEMO", "1"),
+            ("UI_REQUEST_ID", rid.as_str()),
+            ("UI_TOKEN", DEMO_TOKEN),
+        ],
     );
     for shot in ["topology.png", "waterfall.png"] {
         let len = std::fs::metadata(artifacts.join(shot)).map(|m| m.len());
