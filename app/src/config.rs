@@ -137,6 +137,17 @@ pub struct ServerOpts {
     #[arg(long, env = "MESHSCOPE_SQL_MAX_ROWS", default_value_t = 10_000)]
     pub sql_max_rows: usize,
 
+    /// Memory one SQL query may use, MiB: its operators' pool (sorts, aggregations and joins
+    /// spill or fail beyond it) and the most a sized function (repeat, lpad, replace…) may
+    /// produce in one call. Beyond it the query answers 400 `query_memory_limit`.
+    #[arg(long, env = "MESHSCOPE_QUERY_MEMORY_MB", default_value_t = 256)]
+    pub query_memory_mb: usize,
+
+    /// Queries (SQL, graph, traces, Prometheus, Jaeger) that run at once; up to 16 times as
+    /// many wait up to 5 s for a turn, and the rest answer 429 with Retry-After.
+    #[arg(long, env = "MESHSCOPE_MAX_CONCURRENT_QUERIES", default_value_t = 4)]
+    pub max_concurrent_queries: usize,
+
     /// Largest accepted request body, MiB (after decompression).
     #[arg(long, env = "MESHSCOPE_MAX_BODY_MB", default_value_t = 16)]
     pub max_body_mb: usize,
@@ -372,6 +383,7 @@ pub struct ServerConfig {
     pub otlp_grpc_addr: SocketAddr,
     pub otlp_http_addr: SocketAddr,
     pub sql: SqlLimits,
+    pub admission: meshscope_query::api::admission::AdmissionConfig,
     pub max_body_bytes: usize,
     pub rollups: meshscope_query::rollup::RollupConfig,
     pub health: meshscope_query::graph::HealthConfig,
@@ -422,9 +434,11 @@ impl ServerOpts {
             || self.sql_max_rows == 0
             || self.max_buffer_mb == 0
             || self.max_body_mb == 0
+            || self.query_memory_mb == 0
+            || self.max_concurrent_queries == 0
         {
             return bad(
-                "--flush-rows, --sql-max-rows, --max-buffer-mb and --max-body-mb must be positive"
+                "--flush-rows, --sql-max-rows, --max-buffer-mb, --max-body-mb, --query-memory-mb and --max-concurrent-queries must be positive"
                     .into(),
             );
         }
@@ -524,6 +538,12 @@ impl ServerOpts {
             sql: SqlLimits {
                 timeout: self.sql_timeout,
                 max_rows: self.sql_max_rows,
+                memory_bytes: self.query_memory_mb << 20,
+            },
+            admission: meshscope_query::api::admission::AdmissionConfig {
+                max_running: self.max_concurrent_queries,
+                max_waiting: self.max_concurrent_queries * 16,
+                ..Default::default()
             },
             max_body_bytes: self.max_body_mb << 20,
             rollups: meshscope_query::rollup::RollupConfig {

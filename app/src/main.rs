@@ -169,6 +169,7 @@ async fn sql(o: config::SqlOpts) -> anyhow::Result<()> {
             SqlLimits {
                 timeout: o.timeout,
                 max_rows: o.max_rows,
+                ..SqlLimits::default()
             },
         )
         .await?;

@@ -14,6 +14,7 @@ use meshscope_collector::envoy::tail::{TailConfig, spawn_tailer};
 use meshscope_collector::otlp::{OtlpLimits, OtlpState};
 
 use meshscope_query::api::QueryApi;
+use meshscope_query::api::admission::Admission;
 use meshscope_query::graph::api::GraphState;
 use meshscope_query::rollup::Rollups;
 use meshscope_query::sql::QueryEngine;
@@ -102,7 +103,10 @@ pub async fn run_with(
     let engine = if role == Role::Collector {
         None
     } else {
-        Some(QueryEngine::new(store.clone())?)
+        Some(QueryEngine::with_memory_limit(
+            store.clone(),
+            cfg.sql.memory_bytes,
+        )?)
     };
     if let Some(r) = &rollups {
         let (r, s) = (r.clone(), store.clone());
@@ -116,14 +120,19 @@ pub async fn run_with(
         None
     };
     let queries = match (engine, rollups) {
-        (Some(engine), Some(rollups)) => Some(QueryApi {
-            engine,
-            sql_limits: cfg.sql,
-            graph: GraphState {
-                rollups,
-                health: cfg.health,
-            },
-        }),
+        (Some(engine), Some(rollups)) => {
+            let admission = Admission::new(cfg.admission);
+            Some(QueryApi {
+                engine,
+                sql_limits: cfg.sql,
+                graph: GraphState {
+                    rollups,
+                    health: cfg.health,
+                    admission: admission.clone(),
+                },
+                admission,
+            })
+        }
         _ => None,
     };
     let guard = meshscope_auth::Guard::new(cfg.auth.clone(), crate::guard::route_of)

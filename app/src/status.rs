@@ -250,6 +250,21 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
             ],
         );
     }
+    if let Some(q) = &s.queries {
+        use std::sync::atomic::Ordering::Relaxed;
+        metric(
+            "meshscope_queries_running",
+            "gauge",
+            "Queries running now (--max-concurrent-queries).",
+            one(q.admission.running() as f64),
+        );
+        metric(
+            "meshscope_queries_refused_total",
+            "counter",
+            "Queries answered 429: too many running and waiting.",
+            one(q.admission.refused.load(Relaxed) as f64),
+        );
+    }
     if s.ingest.is_some() {
         meshscope_collector::envoy::tail::write_metrics(&s.sources, &mut out);
     }

@@ -92,6 +92,7 @@ pub async fn lookup(spans: usize, dir: Option<PathBuf>, compact: bool) -> anyhow
     let limits = SqlLimits {
         timeout: Duration::from_secs(60),
         max_rows: 10_000,
+        ..SqlLimits::default()
     };
     let open = || async {
         let store = Store::open(cfg.clone()).await?;

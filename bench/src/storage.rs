@@ -328,6 +328,7 @@ pub(crate) async fn lookup_figures(
     let limits = SqlLimits {
         timeout: Duration::from_secs(60),
         max_rows: 10_000,
+        ..SqlLimits::default()
     };
     let mut rng = StdRng::seed_from_u64(SEED ^ 0x0100_c0b5);
     let sample: Vec<TraceInfo> = traces

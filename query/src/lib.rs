@@ -1,5 +1,5 @@
 //! meshscope's query service: DataFusion over the storage crate's `StoreReader` (`provider`),
-//! read-only SQL (`sql`), the rollups the graph and Prometheus read (`rollup`), the service
+//! read-only SQL (`sql`) with sized functions bounded (`bounded`), the rollups the graph and Prometheus read (`rollup`), the service
 //! graph (`graph`), traces and request lookups (`traces`), Jaeger (`jaeger`) and Prometheus
 //! (`prom`) APIs, all served by one router (`api`).
 //!
@@ -8,6 +8,7 @@
 //! the storage crate's file and manifest types.
 
 pub mod api;
+pub mod bounded;
 pub mod graph;
 pub mod jaeger;
 pub mod prom;

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
@@ -29,6 +31,8 @@ pub enum SqlError {
     Timeout(Duration),
     #[error("the result has more than {0} rows (the row limit); add a LIMIT or narrow the query")]
     TooManyRows(usize),
+    #[error("the query needs more memory than it may use: {0}")]
+    MemoryLimit(String),
     #[error("query failed: {0}")]
     Execution(String),
 }
@@ -53,6 +57,7 @@ fn classify(e: DataFusionError) -> SqlError {
             | DataFusionError::Plan(_)
             | DataFusionError::SchemaError(..)
             | DataFusionError::NotImplemented(_) => SqlError::Invalid(msg),
+            DataFusionError::ResourcesExhausted(_) => SqlError::MemoryLimit(msg),
             _ => SqlError::Execution(msg),
         }
     }
@@ -62,6 +67,10 @@ fn classify(e: DataFusionError) -> SqlError {
 pub struct SqlLimits {
     pub timeout: Duration,
     pub max_rows: usize,
+    /// Memory one query may use: its operators' pool (sorts, aggregations, joins; they spill
+    /// or fail beyond it), and the most one call of a sized function may produce
+    /// ([`crate::bounded`]).
+    pub memory_bytes: usize,
 }
 
 impl Default for SqlLimits {
@@ -69,6 +78,7 @@ impl Default for SqlLimits {
         SqlLimits {
             timeout: Duration::from_secs(10),
             max_rows: 10_000,
+            memory_bytes: 256 << 20,
         }
     }
 }
@@ -87,6 +97,14 @@ pub struct QueryEngine {
 
 impl QueryEngine {
     pub fn new(store: impl Into<StoreReader>) -> Result<QueryEngine, DataFusionError> {
+        QueryEngine::with_memory_limit(store, SqlLimits::default().memory_bytes)
+    }
+
+    /// An engine whose sized functions produce at most `memory_bytes` per call.
+    pub fn with_memory_limit(
+        store: impl Into<StoreReader>,
+        memory_bytes: usize,
+    ) -> Result<QueryEngine, DataFusionError> {
         let store = store.into();
         let mut cfg = SessionConfig::new().with_information_schema(true);
         cfg.options_mut().execution.parquet.pushdown_filters = true;
@@ -95,6 +113,7 @@ impl QueryEngine {
         // Table functions are not needed and generate unbounded rows.
         ctx.deregister_udtf("generate_series");
         ctx.deregister_udtf("range");
+        crate::bounded::install(&ctx, memory_bytes);
         let url = url::Url::parse(store.object_store_url())
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         ctx.register_object_store(&url, store.object_store());
@@ -119,14 +138,19 @@ impl QueryEngine {
             .with_allow_dml(false)
             .with_allow_statements(false);
         check_query_shape(sql, Dialect::Sql).map_err(SqlError::TooLarge)?;
-        let run = async {
-            let df = self
-                .ctx
-                .sql_with_options(sql, opts)
-                .await
-                .map_err(classify)?;
+        // Its own memory pool: operators that need more than the limit spill or fail
+        // (`ResourcesExhausted`, a 400), and the pool dies with the query.
+        let runtime = RuntimeEnvBuilder::from_runtime_env(&self.ctx.runtime_env())
+            .with_memory_limit(limits.memory_bytes, 1.0)
+            .build_arc()
+            .map_err(classify)?;
+        let ctx = self.ctx.clone();
+        let sql = sql.to_string();
+        let run = async move {
+            let df = ctx.sql_with_options(&sql, opts).await.map_err(classify)?;
             let plan = df.create_physical_plan().await.map_err(classify)?;
-            let mut stream = execute_stream(plan.clone(), self.ctx.task_ctx()).map_err(classify)?;
+            let task = Arc::new(TaskContext::from(&ctx.state()).with_runtime(runtime));
+            let mut stream = execute_stream(plan.clone(), task).map_err(classify)?;
             let mut batches = Vec::new();
             let mut rows = 0usize;
             while let Some(b) = stream.next().await {
@@ -139,14 +163,19 @@ impl QueryEngine {
             }
             Ok(SqlOutput { batches, plan })
         };
+        // On its own task, so the deadline answers even while an operator computes without
+        // yielding; the task is aborted when the deadline passes or the caller goes away (the
+        // request's future is dropped), and it stops at its next yield, freeing its memory.
+        let task = AbortOnDrop(tokio::spawn(run));
         // An answer that came after the limit is a timeout too (the timer ticks in ms); an
         // error (a refused statement) stays that error.
         let started = std::time::Instant::now();
-        match tokio::time::timeout(limits.timeout, run).await {
-            Ok(Ok(_)) if started.elapsed() > limits.timeout => {
+        match tokio::time::timeout(limits.timeout, task).await {
+            Ok(Ok(Ok(_))) if started.elapsed() > limits.timeout => {
                 Err(SqlError::Timeout(limits.timeout))
             }
-            Ok(r) => r,
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(SqlError::Execution(format!("the query task failed: {e}"))),
             Err(_) => Err(SqlError::Timeout(limits.timeout)),
         }
     }
@@ -155,6 +184,25 @@ impl QueryEngine {
     pub async fn query_json(&self, sql: &str, limits: SqlLimits) -> Result<Vec<u8>, SqlError> {
         let out = self.query(sql, limits).await?;
         batches_to_json(&out.batches).map_err(|e| SqlError::Execution(e.to_string()))
+    }
+}
+
+/// A task handle that aborts the task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
     }
 }
 

@@ -1,9 +1,11 @@
 //! The query service's HTTP API: one router over SQL, traces, Jaeger, the service graph and
 //! Prometheus; meshscope's JSON error envelope (Jaeger and Prometheus answer in their own
 //! formats, as their clients expect); the time and duration parameters and the clock they
-//! all share ([`time`]); and the limits on a query's shape ([`limits`]). `routes` is a plain
+//! all share ([`time`]); the limits on a query's shape ([`limits`]); and how many queries run
+//! at once ([`admission`]). `routes` is a plain
 //! function, so tests drive it with `oneshot`.
 
+pub mod admission;
 pub mod limits;
 pub mod time;
 
@@ -27,6 +29,8 @@ pub struct QueryApi {
     pub engine: QueryEngine,
     pub sql_limits: SqlLimits,
     pub graph: GraphState,
+    /// How many queries run at once, and how many wait.
+    pub admission: admission::Admission,
 }
 
 /// Every query endpoint: `/api/v1/sql`, traces and requests, Jaeger, the graph, Prometheus.
@@ -36,13 +40,15 @@ pub fn routes(api: QueryApi) -> Router {
         engine: api.engine.clone(),
         timeout: api.sql_limits.timeout,
     };
-    Router::new()
+    let admission = api.admission.clone();
+    let r = Router::new()
         .route("/api/v1/sql", post(sql))
         .with_state(api.clone())
         .merge(crate::traces::routes(api.engine.clone(), api.sql_limits))
         .merge(crate::jaeger::routes(api.engine, api.sql_limits))
         .merge(crate::graph::api::routes(api.graph))
-        .merge(crate::prom::routes(prom))
+        .merge(crate::prom::routes(prom));
+    admission.apply(r)
 }
 
 /// A JSON error body `{"error": ..., "error_type": ...}` with a status code.
@@ -79,6 +85,7 @@ async fn sql(State(s): State<QueryApi>, body: Bytes) -> Response {
                 SqlError::TooLarge(_) => (StatusCode::BAD_REQUEST, "query_too_large"),
                 SqlError::Timeout(_) => (StatusCode::BAD_REQUEST, "timeout"),
                 SqlError::TooManyRows(_) => (StatusCode::BAD_REQUEST, "too_many_rows"),
+                SqlError::MemoryLimit(_) => (StatusCode::BAD_REQUEST, "query_memory_limit"),
                 SqlError::Execution(_) => (StatusCode::INTERNAL_SERVER_ERROR, "execution"),
             };
             error(status, kind, e)

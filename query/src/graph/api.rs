@@ -20,6 +20,8 @@ use crate::rollup::Rollups;
 pub struct GraphState {
     pub rollups: Rollups,
     pub health: HealthConfig,
+    /// Query permits (a stream's refreshes take one each) and stream places.
+    pub admission: crate::api::admission::Admission,
 }
 
 pub fn routes(state: GraphState) -> Router {
@@ -260,20 +262,31 @@ async fn stream(State(s): State<GraphState>, RawQuery(raw): RawQuery) -> Respons
     if let Err(r) = window_of(&p) {
         return r.into_response();
     }
+    // A place among the open streams, held while the stream lives.
+    let Some(slot) = s.admission.stream_slot() else {
+        return s.admission.too_many();
+    };
     let interval = p.interval;
-    let events = futures::stream::unfold((s, p, true), move |(s, p, first)| async move {
-        if !first {
-            tokio::time::sleep(interval).await;
-        }
-        let ev = match compute(&s, &p).await {
-            Ok(g) => Event::default()
-                .event("graph")
-                .json_data(&g)
-                .unwrap_or_else(|e| Event::default().event("error").data(e.to_string())),
-            Err(_) => Event::default().event("error").data("bad window"),
-        };
-        Some((Ok::<_, Infallible>(ev), (s, p, false)))
-    });
+    let events =
+        futures::stream::unfold((s, p, true, slot), move |(s, p, first, slot)| async move {
+            if !first {
+                tokio::time::sleep(interval).await;
+            }
+            // each refresh is a query like any other
+            let ev = match s.admission.permit().await {
+                None => Event::default()
+                    .event("error")
+                    .data("too many queries; the next refresh tries again"),
+                Some(_permit) => match compute(&s, &p).await {
+                    Ok(g) => Event::default()
+                        .event("graph")
+                        .json_data(&g)
+                        .unwrap_or_else(|e| Event::default().event("error").data(e.to_string())),
+                    Err(_) => Event::default().event("error").data("bad window"),
+                },
+            };
+            Some((Ok::<_, Infallible>(ev), (s, p, false, slot)))
+        });
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
@@ -340,6 +353,7 @@ mod tests {
         let app = routes(GraphState {
             rollups,
             health: HealthConfig::default(),
+            admission: Default::default(),
         });
         let req = axum::http::Request::get("/api/v1/graph?window=10m")
             .body(axum::body::Body::empty())

@@ -252,11 +252,13 @@ async fn query(
         },
         None => now_ms(),
     };
-    let ev = match prepare(&s, &expr, t, t).await {
+    // One deadline for fetching the series and evaluating, as for range queries.
+    let deadline = Instant::now() + s.timeout;
+    let ev = match prepare_by(&s, &expr, t, t, deadline).await {
         Ok(e) => e,
         Err(r) => return r.into_response(),
     };
-    let v = match evaluate(s.timeout, move || ev.eval(&expr, t)).await {
+    let v = match evaluate(left(deadline), move || ev.eval(&expr, t)).await {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
@@ -346,20 +348,43 @@ async fn query_range(
         Ok(v) => v,
         Err(r) => return r.into_response(),
     };
-    let ev = match prepare(&s, &expr, start, end).await {
+    let deadline = Instant::now() + s.timeout;
+    let ev = match prepare_by(&s, &expr, start, end, deadline).await {
         Ok(e) => e,
         Err(r) => return r.into_response(),
     };
     // The evaluation stops by itself at the deadline too, so a timed-out query does not keep
     // a blocking thread busy after its 503.
-    let deadline = Instant::now() + s.timeout;
-    match evaluate(s.timeout, move || {
+    match evaluate(left(deadline), move || {
         eval_range(&ev, &expr, start, end, step, Some(deadline))
     })
     .await
     {
         Ok(out) => ok(matrix_json(out.into_iter())),
         Err(e) => e.into_response(),
+    }
+}
+
+/// Time left until `deadline` (zero once it passed).
+fn left(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+/// `prepare` within the query's deadline: the stat series come from SQL, which can be slow.
+async fn prepare_by(
+    s: &PromState,
+    expr: &promql_parser::parser::Expr,
+    from: i64,
+    to: i64,
+    deadline: Instant,
+) -> Result<Evaluator, PromError> {
+    let timeout = s.timeout;
+    match tokio::time::timeout(left(deadline), prepare(s, expr, from, to)).await {
+        Ok(r) => r,
+        Err(_) => Err(fail(
+            "timeout",
+            format!("query timed out after {timeout:?} while fetching series"),
+        )),
     }
 }
 
@@ -546,8 +571,18 @@ async fn series_api(
         Ok(_) => return fail("bad_data", "no match[] parameter provided").into_response(),
         Err(r) => return r.into_response(),
     };
-    let sets: BTreeSet<series::Labels> = rollup_label_sets(&s, &m).into_iter().collect();
-    ok(Json::Array(sets.iter().map(labels_json).collect()))
+    // on the blocking pool, within the deadline: many selectors over many series take time
+    let timeout = s.timeout;
+    match evaluate(timeout, move || {
+        Ok(rollup_label_sets(&s, &m)
+            .into_iter()
+            .collect::<BTreeSet<series::Labels>>())
+    })
+    .await
+    {
+        Ok(sets) => ok(Json::Array(sets.iter().map(labels_json).collect())),
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn metadata() -> Response {

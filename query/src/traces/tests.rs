@@ -671,6 +671,7 @@ async fn limits_answer_a_clear_error() {
         SqlLimits {
             timeout: Duration::from_secs(10),
             max_rows: 3,
+            ..SqlLimits::default()
         },
     );
     let app = router(svc);
@@ -685,6 +686,7 @@ async fn limits_answer_a_clear_error() {
         SqlLimits {
             timeout: Duration::from_nanos(1),
             max_rows: 1000,
+            ..SqlLimits::default()
         },
     );
     let (st, v) = get(&router(svc), &format!("/api/v1/traces/{}", tid(1).to_hex())).await;

@@ -65,3 +65,114 @@ fn queries_deeper_or_longer_than_the_limits_are_refused_and_the_process_lives() 
     let (status, v) = server.get_json("/api/v1/status");
     assert_eq!(status, 200, "{v}");
 }
+
+/// Peak resident memory of a process (VmHWM), bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM")
+        << 10
+}
+
+/// The memory bombs of issue 15 and their kin: each answered with a 400 naming the limit
+/// within the time limit plus a second, the process alive, and its peak RSS under the query
+/// memory limit plus the buffer limit plus 25%.
+#[test]
+fn memory_bombs_are_refused_within_the_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (query_mb, buffer_mb, timeout_s) = (256u64, 256u64, 10u64);
+    let server = Server::start(
+        "serve",
+        &dir.path().join("d"),
+        &[
+            "--query-memory-mb",
+            &query_mb.to_string(),
+            "--max-buffer-mb",
+            &buffer_mb.to_string(),
+            "--sql-timeout",
+            &format!("{timeout_s}s"),
+        ],
+    );
+    // a few rows, so functions also run over columns and not only over constants
+    let rows: Vec<String> = (0..100)
+        .map(|i| {
+            json!({"start_time": meshscope_tests::hour_start_ns(0) + i, "response_code": 200,
+                   "bytes_received": 0, "bytes_sent": 1, "duration_ms": 1,
+                   "request_id": format!("bomb-{i}")})
+            .to_string()
+        })
+        .collect();
+    let (status, v) = server.post_text("/api/v1/ingest/rows/requests", &rows.join("\n"));
+    assert_eq!((status, v["stored"].as_u64()), (200, Some(100)), "{v}");
+
+    for (q, kind, says) in [
+        (
+            "SELECT count(*) FROM (SELECT unnest(range(300000000)))",
+            "bad_query",
+            "range",
+        ),
+        (
+            "SELECT length(repeat('x', 1500000000))",
+            "query_memory_limit",
+            "repeat() would produce",
+        ),
+        (
+            "SELECT max(length(repeat(request_id, 10000000))) FROM requests",
+            "query_memory_limit",
+            "--query-memory-mb",
+        ),
+        (
+            "SELECT length(lpad('x', 2000000000))",
+            "query_memory_limit",
+            "lpad()",
+        ),
+        (
+            "SELECT length(replace(repeat('x', 100000), 'x', repeat('y', 100000)))",
+            "query_memory_limit",
+            "replace()",
+        ),
+        (
+            "SELECT cardinality(array_repeat(1, 1000000000))",
+            "query_memory_limit",
+            "array_repeat()",
+        ),
+        (
+            "SELECT count(*) FROM (SELECT unnest(generate_series(1, 300000000)))",
+            "bad_query",
+            "generate_series",
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let (status, v) = server.post_json("/api/v1/sql", &json!({ "sql": q }));
+        let took = started.elapsed();
+        assert_eq!(
+            (status, v["error_type"].as_str()),
+            (400, Some(kind)),
+            "{q}: {v}"
+        );
+        let msg = v["error"].as_str().unwrap_or_default();
+        assert!(msg.contains(says), "{q}: {msg}");
+        assert!(
+            took < std::time::Duration::from_secs(timeout_s + 1),
+            "{q} took {took:?}"
+        );
+    }
+    // within the limits, the same functions work
+    let ok = server.sql("SELECT length(repeat('ab', 1000)) AS n, length(lpad('x', 5)) AS p");
+    assert_eq!(ok, vec![json!({"n": 2000, "p": 5})]);
+
+    let (status, v) = server.get_json("/api/v1/status");
+    assert_eq!(status, 200, "{v}");
+    let peak = peak_rss(server.child.id());
+    let bound = (query_mb + buffer_mb) * (1 << 20) * 5 / 4;
+    println!("peak RSS {} MiB (bound {} MiB)", peak >> 20, bound >> 20);
+    assert!(
+        peak < bound,
+        "peak RSS {} MiB over {} MiB",
+        peak >> 20,
+        bound >> 20
+    );
+}

@@ -39,6 +39,7 @@ async fn select_all(engine: &QueryEngine, table: Table) -> Vec<String> {
             SqlLimits {
                 timeout: Duration::from_secs(60),
                 max_rows: 1_000_000,
+                ..SqlLimits::default()
             },
         )
         .await
