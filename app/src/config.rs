@@ -125,6 +125,21 @@ pub struct ServerOpts {
     #[arg(long, env = "MESHSCOPE_COMPACTION_MIN_FILES", default_value_t = 8)]
     pub compaction_min_files: usize,
 
+    /// Oldest row time accepted at ingest, as an age [default: --retention]. Older rows are
+    /// refused and reported (partial success, `refused` in push answers); they would land in
+    /// partitions retention deletes anyway.
+    #[arg(long, env = "MESHSCOPE_INGEST_MAX_AGE", value_parser = humantime::parse_duration)]
+    pub ingest_max_age: Option<Duration>,
+
+    /// How far in the future a row's time may lie (clock skew between hosts).
+    #[arg(long, env = "MESHSCOPE_INGEST_MAX_SKEW", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub ingest_max_skew: Duration,
+
+    /// Hour partitions one request (or one tailed chunk) may write; rows of older hours
+    /// beyond them are refused and reported.
+    #[arg(long, env = "MESHSCOPE_INGEST_MAX_HOURS", default_value_t = 24)]
+    pub ingest_max_hours: usize,
+
     /// How often compaction and retention run.
     #[arg(long, env = "MESHSCOPE_MAINTENANCE_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub maintenance_interval: Duration,
@@ -520,6 +535,11 @@ impl ServerOpts {
         store.max_buffer_bytes = self.max_buffer_mb << 20;
         store.flush_bytes = (store.max_buffer_bytes / 4).max(1 << 20);
         store.retention = self.retention;
+        store.ingest_window = Some(meshscope_storage::window::IngestWindow {
+            past: self.ingest_max_age.unwrap_or(self.retention),
+            future: self.ingest_max_skew,
+            max_hours: self.ingest_max_hours.max(1),
+        });
         store.compaction_min_files = self.compaction_min_files.max(2);
         store.maintenance_interval = self.maintenance_interval;
         store.read_only = read_only;

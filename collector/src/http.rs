@@ -13,7 +13,7 @@ use axum::routing::post;
 use meshscope_schemas::Table;
 
 use crate::envoy::push::EnvoyIngest;
-use crate::reply::{error, ingest_response, store_error};
+use crate::reply::{error, store_error};
 use crate::rows::decode_json_rows;
 
 /// Every ingest endpoint of the API port, writing through `ingest`'s store.
@@ -45,12 +45,12 @@ async fn ingest_rows(
             "decoder task failed",
         );
     };
-    let stored = match batch {
+    let (stored, refused) = match batch {
         Some(b) => match s.store.append(table, b).await {
-            Ok(r) => r.rows,
+            Ok(r) => (r.rows, r.refused),
             Err(e) => return store_error(&e),
         },
-        None => 0,
+        None => (0, None),
     };
-    ingest_response(stored, &rejected)
+    crate::reply::ingest_response_refused(stored, &rejected, refused.as_ref())
 }

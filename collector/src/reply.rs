@@ -37,14 +37,24 @@ pub fn store_error(e: &StoreError) -> Response {
 /// The answer of every ingest endpoint: rows stored and the rejected lines; 400 when
 /// nothing could be stored.
 pub fn ingest_response<T: Serialize>(stored: usize, rejected: &[T]) -> Response {
-    let status = if stored == 0 && !rejected.is_empty() {
+    ingest_response_refused(stored, rejected, None)
+}
+
+/// [`ingest_response`] with the rows storage refused (the ingest window): `refused` says how
+/// many and why.
+pub fn ingest_response_refused<T: Serialize>(
+    stored: usize,
+    rejected: &[T],
+    refused: Option<&meshscope_storage::window::Refused>,
+) -> Response {
+    let status = if stored == 0 && (!rejected.is_empty() || refused.is_some()) {
         StatusCode::BAD_REQUEST
     } else {
         StatusCode::OK
     };
-    (
-        status,
-        Json(json!({"stored": stored, "rejected": rejected})),
-    )
-        .into_response()
+    let mut body = json!({"stored": stored, "rejected": rejected});
+    if let Some(r) = refused {
+        body["refused"] = json!({"rows": r.rows, "reason": r.reason});
+    }
+    (status, Json(body)).into_response()
 }

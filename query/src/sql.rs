@@ -145,37 +145,42 @@ impl QueryEngine {
             .build_arc()
             .map_err(classify)?;
         let ctx = self.ctx.clone();
-        let sql = sql.to_string();
         let run = async move {
-            let df = ctx.sql_with_options(&sql, opts).await.map_err(classify)?;
+            // Planning runs inline: a refused statement answers at once.
+            let df = ctx.sql_with_options(sql, opts).await.map_err(classify)?;
             let plan = df.create_physical_plan().await.map_err(classify)?;
             let task = Arc::new(TaskContext::from(&ctx.state()).with_runtime(runtime));
-            let mut stream = execute_stream(plan.clone(), task).map_err(classify)?;
-            let mut batches = Vec::new();
-            let mut rows = 0usize;
-            while let Some(b) = stream.next().await {
-                let b = b.map_err(classify)?;
-                rows += b.num_rows();
-                if rows > limits.max_rows {
-                    return Err(SqlError::TooManyRows(limits.max_rows));
+            // Execution on its own task, so the deadline answers even while an operator
+            // computes without yielding; the task is aborted when the deadline passes or the
+            // caller goes away (this future is dropped), and stops at its next yield,
+            // freeing its memory.
+            let exec = AbortOnDrop(tokio::spawn(async move {
+                let mut stream = execute_stream(plan.clone(), task).map_err(classify)?;
+                let mut batches = Vec::new();
+                let mut rows = 0usize;
+                while let Some(b) = stream.next().await {
+                    let b = b.map_err(classify)?;
+                    rows += b.num_rows();
+                    if rows > limits.max_rows {
+                        return Err(SqlError::TooManyRows(limits.max_rows));
+                    }
+                    batches.push(b);
                 }
-                batches.push(b);
+                Ok(SqlOutput { batches, plan })
+            }));
+            match exec.await {
+                Ok(r) => r,
+                Err(e) => Err(SqlError::Execution(format!("the query task failed: {e}"))),
             }
-            Ok(SqlOutput { batches, plan })
         };
-        // On its own task, so the deadline answers even while an operator computes without
-        // yielding; the task is aborted when the deadline passes or the caller goes away (the
-        // request's future is dropped), and it stops at its next yield, freeing its memory.
-        let task = AbortOnDrop(tokio::spawn(run));
         // An answer that came after the limit is a timeout too (the timer ticks in ms); an
         // error (a refused statement) stays that error.
         let started = std::time::Instant::now();
-        match tokio::time::timeout(limits.timeout, task).await {
-            Ok(Ok(Ok(_))) if started.elapsed() > limits.timeout => {
+        match tokio::time::timeout(limits.timeout, run).await {
+            Ok(Ok(_)) if started.elapsed() > limits.timeout => {
                 Err(SqlError::Timeout(limits.timeout))
             }
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => Err(SqlError::Execution(format!("the query task failed: {e}"))),
+            Ok(r) => r,
             Err(_) => Err(SqlError::Timeout(limits.timeout)),
         }
     }

@@ -72,11 +72,24 @@ impl Store {
         positions: wal::Positions,
     ) -> Result<AppendReceipt, StoreError> {
         check_batch(table, &batch)?;
+        let (batch, refused) = match self.inner.cfg.ingest_window {
+            Some(w) => window::filter(table, batch, w, now_ns())?,
+            None => (batch, None),
+        };
+        // A request logged as received would replay every row: log the rows kept instead.
+        let request = if refused.is_some() { None } else { request };
+        if let Some(r) = &refused {
+            self.inner
+                .stats
+                .refused_window
+                .fetch_add(r.rows as u64, Ordering::Relaxed);
+        }
         let rows = batch.num_rows();
         if rows == 0 {
             return Ok(AppendReceipt {
                 rows: 0,
                 segment: 0,
+                refused,
             });
         }
         let tx = self
@@ -131,7 +144,11 @@ impl Store {
             .stats
             .appended_rows
             .fetch_add(rows as u64, Ordering::Relaxed);
-        Ok(AppendReceipt { rows, segment })
+        Ok(AppendReceipt {
+            rows,
+            segment,
+            refused,
+        })
     }
 
     /// Fails with `Overloaded` while the buffer is over its limit, as `append` would.

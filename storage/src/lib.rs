@@ -31,6 +31,7 @@ mod read;
 mod replay;
 pub mod segment;
 pub mod wal;
+pub mod window;
 
 pub use handles::{StoreReader, StoreWriter};
 pub use maintenance::{Compaction, compaction_inputs};
@@ -132,6 +133,8 @@ pub struct StoreConfig {
     /// follower reads the WAL (the OTLP receiver's decoder). A WAL that holds such records
     /// cannot be opened without it.
     pub request_decoder: Option<RequestDecoder>,
+    /// The times an append may write ([`window`]); `None` accepts any time (tests, tools).
+    pub ingest_window: Option<window::IngestWindow>,
 }
 
 impl std::fmt::Debug for StoreConfig {
@@ -165,16 +168,19 @@ impl StoreConfig {
             read_only: false,
             observer: None,
             request_decoder: None,
+            ingest_window: None,
         }
     }
 }
 
 /// What one append stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendReceipt {
     pub rows: usize,
     /// The WAL segment that holds the rows.
     pub segment: u64,
+    /// Rows refused by the ingest window, and why (the rest were stored).
+    pub refused: Option<window::Refused>,
 }
 
 /// A table's data as a query sees it at one moment.
@@ -209,6 +215,8 @@ pub struct StoreStats {
     pub files_considered: AtomicU64,
     pub files_scanned: AtomicU64,
     pub rejected_overload: AtomicU64,
+    /// Rows refused by the ingest window.
+    pub refused_window: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -243,6 +251,7 @@ pub struct StoreStatus {
     pub files_considered: u64,
     pub files_scanned: u64,
     pub rejected_overload: u64,
+    pub refused_window: u64,
 }
 
 /// Buffered records of one WAL segment.

@@ -212,6 +212,7 @@ impl Store {
             files_considered: l(&s.files_considered),
             files_scanned: l(&s.files_scanned),
             rejected_overload: l(&s.rejected_overload),
+            refused_window: l(&s.refused_window),
         }
     }
 

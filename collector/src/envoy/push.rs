@@ -156,17 +156,21 @@ async fn push_accesslog(
             "parser task failed",
         );
     };
-    let stored = match batch {
+    let (stored, refused) = match batch {
         Some(Ok(b)) => match s.store.append(Table::Requests, b).await {
-            Ok(r) => r.rows,
+            Ok(r) => (r.rows, r.refused),
             Err(e) => return store_error(&e),
         },
         Some(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
-        None => 0,
+        None => (0, None),
     };
-    debug_assert_eq!(stored, n);
-    s.accesslog
-        .add(stored + rejected.len(), stored, rejected.len());
+    let refused_rows = refused.as_ref().map_or(0, |r| r.rows);
+    debug_assert_eq!(stored + refused_rows, n);
+    s.accesslog.add(
+        stored + refused_rows + rejected.len(),
+        stored,
+        refused_rows + rejected.len(),
+    );
     let rejected: Vec<Rejected> = rejected
         .into_iter()
         .map(|r| Rejected {
@@ -174,7 +178,7 @@ async fn push_accesslog(
             reason: r.reason,
         })
         .collect();
-    ingest_response(stored, &rejected)
+    crate::reply::ingest_response_refused(stored, &rejected, refused.as_ref())
 }
 
 async fn push_stats(

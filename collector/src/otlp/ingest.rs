@@ -27,25 +27,24 @@ pub struct ExportOutcome {
     pub stored: usize,
     /// One message per rejected item, naming it and what was wrong.
     pub rejected: Vec<String>,
+    /// Valid items storage refused (outside the ingest window), with its reason.
+    pub refused: Option<meshscope_storage::window::Refused>,
 }
 
 impl ExportOutcome {
     /// The partial-success `error_message`: the count and the first few reasons; empty when
     /// nothing was rejected.
     pub fn error_message(&self, items: &str) -> String {
-        if self.rejected.is_empty() {
+        let count = self.rejected_count();
+        if count == 0 {
             return String::new();
         }
-        let total = self.stored + self.rejected.len();
+        let total = self.stored + count;
+        let mut reasons: Vec<String> = self.refused.iter().map(|r| r.reason.clone()).collect();
+        reasons.extend(self.rejected.iter().take(QUOTED_REJECTIONS).cloned());
         let mut msg = format!(
-            "{} of {total} {items} rejected: {}",
-            self.rejected.len(),
-            self.rejected
-                .iter()
-                .take(QUOTED_REJECTIONS)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("; ")
+            "{count} of {total} {items} rejected: {}",
+            reasons.join("; ")
         );
         if self.rejected.len() > QUOTED_REJECTIONS {
             msg.push_str(&format!(
@@ -56,11 +55,16 @@ impl ExportOutcome {
         msg
     }
 
+    /// Items rejected by the decoder plus those storage refused.
+    pub fn rejected_count(&self) -> usize {
+        self.rejected.len() + self.refused.as_ref().map_or(0, |r| r.rows)
+    }
+
     /// The trace export reply: `partial_success` only when spans were rejected.
     pub fn trace_response(&self) -> ExportTraceServiceResponse {
         ExportTraceServiceResponse {
-            partial_success: (!self.rejected.is_empty()).then(|| ExportTracePartialSuccess {
-                rejected_spans: self.rejected.len() as i64,
+            partial_success: (self.rejected_count() > 0).then(|| ExportTracePartialSuccess {
+                rejected_spans: self.rejected_count() as i64,
                 error_message: self.error_message("spans"),
             }),
         }
@@ -69,8 +73,8 @@ impl ExportOutcome {
     /// The logs export reply: `partial_success` only when records were rejected.
     pub fn logs_response(&self) -> ExportLogsServiceResponse {
         ExportLogsServiceResponse {
-            partial_success: (!self.rejected.is_empty()).then(|| ExportLogsPartialSuccess {
-                rejected_log_records: self.rejected.len() as i64,
+            partial_success: (self.rejected_count() > 0).then(|| ExportLogsPartialSuccess {
+                rejected_log_records: self.rejected_count() as i64,
                 error_message: self.error_message("log records"),
             }),
         }
@@ -89,17 +93,21 @@ pub async fn export_traces(
     let s = &state.stats;
     OtlpStats::add(&s.spans_received, rows.len() + rejected.len());
     OtlpStats::add(&s.spans_rejected, rejected.len());
+    let mut refused = None;
     if !rows.is_empty() {
         let batch = spans_batch(&rows).map_err(|source| OtlpError::Batch {
             table: Table::Spans.name(),
             source,
         })?;
-        append(state, Table::Spans, batch).await?;
-        OtlpStats::add(&s.spans_stored, rows.len());
+        refused = append(state, Table::Spans, batch).await?;
     }
+    let stored = rows.len() - refused.as_ref().map_or(0, |r| r.rows);
+    OtlpStats::add(&s.spans_stored, stored);
+    OtlpStats::add(&s.spans_rejected, rows.len() - stored);
     Ok(ExportOutcome {
-        stored: rows.len(),
+        stored,
         rejected,
+        refused,
     })
 }
 
@@ -138,13 +146,17 @@ pub async fn store_traces(
     let s = &state.stats;
     OtlpStats::add(&s.spans_received, d.rows + d.rejected.len());
     OtlpStats::add(&s.spans_rejected, d.rejected.len());
+    let mut refused = None;
     if d.rows > 0 {
-        throttled(state, state.store.append_request(d.batch, request).await)?;
-        OtlpStats::add(&s.spans_stored, d.rows);
+        refused = throttled(state, state.store.append_request(d.batch, request).await)?.refused;
     }
+    let stored = d.rows - refused.as_ref().map_or(0, |r| r.rows);
+    OtlpStats::add(&s.spans_stored, stored);
+    OtlpStats::add(&s.spans_rejected, d.rows - stored);
     Ok(ExportOutcome {
-        stored: d.rows,
+        stored,
         rejected: d.rejected,
+        refused,
     })
 }
 
@@ -168,17 +180,21 @@ pub async fn export_logs(
     let s = &state.stats;
     OtlpStats::add(&s.log_records_received, rows.len() + rejected.len());
     OtlpStats::add(&s.log_records_rejected, rejected.len());
+    let mut refused = None;
     if !rows.is_empty() {
         let batch = requests_batch(&rows).map_err(|source| OtlpError::Batch {
             table: Table::Requests.name(),
             source,
         })?;
-        append(state, Table::Requests, batch).await?;
-        OtlpStats::add(&s.log_records_stored, rows.len());
+        refused = append(state, Table::Requests, batch).await?;
     }
+    let stored = rows.len() - refused.as_ref().map_or(0, |r| r.rows);
+    OtlpStats::add(&s.log_records_stored, stored);
+    OtlpStats::add(&s.log_records_rejected, rows.len() - stored);
     Ok(ExportOutcome {
-        stored: rows.len(),
+        stored,
         rejected,
+        refused,
     })
 }
 
@@ -188,18 +204,19 @@ pub fn admit(state: &OtlpState) -> Result<(), OtlpError> {
     throttled(state, state.store.admit())
 }
 
+/// Appends; the rows the ingest window refused, if any.
 async fn append(
     state: &OtlpState,
     table: Table,
     batch: arrow::array::RecordBatch,
-) -> Result<(), OtlpError> {
-    throttled(state, state.store.append(table, batch).await)
+) -> Result<Option<meshscope_storage::window::Refused>, OtlpError> {
+    Ok(throttled(state, state.store.append(table, batch).await)?.refused)
 }
 
 /// A storage outcome (append or admission), an overload counted as throttled.
-fn throttled<T>(state: &OtlpState, r: Result<T, StoreError>) -> Result<(), OtlpError> {
+fn throttled<T>(state: &OtlpState, r: Result<T, StoreError>) -> Result<T, OtlpError> {
     match r {
-        Ok(_) => Ok(()),
+        Ok(v) => Ok(v),
         Err(e) => {
             if matches!(e, StoreError::Overloaded(..)) {
                 OtlpStats::add(&state.stats.requests_throttled, 1);

@@ -176,3 +176,77 @@ fn memory_bombs_are_refused_within_the_limits() {
         bound >> 20
     );
 }
+
+/// Issue 15's 3,000 spans one hour apart, years back, in one OTLP/JSON request, with three
+/// spans of now: the old ones refused and reported as a partial success, the three stored,
+/// and one hour partition written, not 3,000.
+#[test]
+fn spans_outside_the_ingest_window_are_refused_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let server = Server::start("serve", &data, &["--flush-interval", "200ms"]);
+    const HOUR: i64 = 3_600_000_000_000;
+    let now = meshscope_tests::hour_start_ns(0) + 60_000_000_000;
+    let span = |i: i64, t: i64| {
+        json!({"traceId": format!("{:032x}", 0xabc000 + i), "spanId": format!("{:016x}", i + 1),
+               "name": "old", "kind": 2, "startTimeUnixNano": t.to_string(),
+               "endTimeUnixNano": (t + 1_000_000).to_string()})
+    };
+    let years_ago = now - 6 * 365 * 24 * HOUR;
+    let mut spans: Vec<_> = (0..3000).map(|i| span(i, years_ago + i * HOUR)).collect();
+    spans.extend((0..3).map(|i| span(5000 + i, now + i)));
+    let body = json!({"resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "old.default"}}]},
+        "scopeSpans": [{"spans": spans}],
+    }]});
+    let url = format!("http://{}/v1/traces", server.otlp_http.as_deref().unwrap());
+    let (status, v) = meshscope_tests::read(
+        ureq::post(&url)
+            .header("content-type", "application/json")
+            .send_json(&body)
+            .unwrap(),
+    );
+    assert_eq!(status, 200, "{v}");
+    let ps = &v["partialSuccess"];
+    let rejected = ps["rejectedSpans"]
+        .as_i64()
+        .or_else(|| ps["rejectedSpans"].as_str().and_then(|s| s.parse().ok()));
+    assert_eq!(rejected, Some(3000), "{v}");
+    let msg = ps["errorMessage"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("3000 rows with a time outside the accepted window"),
+        "{msg}"
+    );
+    assert_eq!(server.sql("SELECT count(*) AS n FROM spans")[0]["n"], 3);
+    // after the flush: one hour partition of spans on disk
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let hours = loop {
+        let hours: Vec<_> = walk(&data.join("spans"))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .filter_map(|p| p.parent().map(|d| d.to_path_buf()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if !hours.is_empty() || std::time::Instant::now() > deadline {
+            break hours;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(hours.len(), 1, "{hours:?}");
+    let (_, st) = server.get_json("/api/v1/status");
+    assert_eq!(st["storage"]["refused_window"], 3000, "{st}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -551,7 +551,12 @@ async fn append_retrying(
             .append_at(Table::Requests, batch.clone(), positions.clone())
             .await
         {
-            Ok(r) => return Ok(Some(r.rows)),
+            Ok(r) => {
+                if let Some(refused) = &r.refused {
+                    warn!(file = %source, rows = refused.rows, reason = %refused.reason, "access-log lines refused by the ingest window");
+                }
+                return Ok(Some(r.rows));
+            }
             Err(StoreError::Closed) => return Err(TailError::Closed),
             Err(StoreError::Overloaded(_, retry)) => retry,
             Err(e) => {
