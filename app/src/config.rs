@@ -163,6 +163,21 @@ pub struct ServerOpts {
     #[arg(long, env = "MESHSCOPE_MAX_CONCURRENT_QUERIES", default_value_t = 4)]
     pub max_concurrent_queries: usize,
 
+    /// A client must send a whole request head within this; an HTTP/1 connection waiting for
+    /// its next request is closed after it too (slow and idle clients).
+    #[arg(long, env = "MESHSCOPE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// A connection with no request in flight for this long is closed (HTTP/1 and HTTP/2);
+    /// on OTLP/gRPC it is also the longest one call may take.
+    #[arg(long, env = "MESHSCOPE_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Open connections per listener; beyond it a new connection is closed at once. The
+    /// soft limit of open files is raised to the hard limit at start.
+    #[arg(long, env = "MESHSCOPE_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
     /// Largest accepted request body, MiB (after decompression).
     #[arg(long, env = "MESHSCOPE_MAX_BODY_MB", default_value_t = 16)]
     pub max_body_mb: usize,
@@ -400,11 +415,13 @@ pub struct ServerConfig {
     pub sql: SqlLimits,
     pub admission: meshscope_query::api::admission::AdmissionConfig,
     pub max_body_bytes: usize,
+    /// Connections, timeouts and HTTP/2 streams of every listener.
+    pub listener: meshscope_gate::serve::ListenerLimits,
     pub rollups: meshscope_query::rollup::RollupConfig,
     pub health: meshscope_query::graph::HealthConfig,
     pub log: String,
     /// Tokens every listener asks for (open when none are configured).
-    pub auth: meshscope_auth::Auth,
+    pub auth: meshscope_gate::Auth,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -462,6 +479,15 @@ impl ServerOpts {
                 "--retention must be at least 1h, got {}",
                 humantime::format_duration(self.retention)
             ));
+        }
+        if self.header_read_timeout < Duration::from_millis(100)
+            || self.idle_timeout < Duration::from_millis(100)
+            || self.max_connections == 0
+        {
+            return bad(
+                "--header-read-timeout and --idle-timeout must be at least 100ms, --max-connections positive"
+                    .into(),
+            );
         }
         if self.sql_timeout.is_zero() {
             return bad("--sql-timeout must be positive".into());
@@ -566,6 +592,12 @@ impl ServerOpts {
                 ..Default::default()
             },
             max_body_bytes: self.max_body_mb << 20,
+            listener: meshscope_gate::serve::ListenerLimits {
+                header_read_timeout: self.header_read_timeout,
+                idle_timeout: self.idle_timeout,
+                max_connections: self.max_connections,
+                ..Default::default()
+            },
             rollups: meshscope_query::rollup::RollupConfig {
                 resolution: self.rollup_resolution,
                 retention: self.rollup_retention,
@@ -578,13 +610,13 @@ impl ServerOpts {
 
     /// Tokens from the token files; refuses to serve a non-loopback address without any
     /// (unless `--insecure-no-auth`). `read_only`: the query role binds no OTLP listener.
-    fn auth(&self, read_only: bool) -> Result<meshscope_auth::Auth, ConfigError> {
-        let files = meshscope_auth::TokenFiles {
+    fn auth(&self, read_only: bool) -> Result<meshscope_gate::Auth, ConfigError> {
+        let files = meshscope_gate::TokenFiles {
             both: self.auth_token_file.clone(),
             read: self.read_token_file.clone(),
             ingest: self.ingest_token_file.clone(),
         };
-        let auth = meshscope_auth::Auth::from_files(&files)
+        let auth = meshscope_gate::Auth::from_files(&files)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if auth.is_enabled() || self.insecure_no_auth {
             return Ok(auth);

@@ -1,5 +1,5 @@
 //! Which of the API port's paths need which token, and which body types they read
-//! (`meshscope-auth` does the checking).
+//! (`meshscope-gate` does the checking).
 //!
 //! - open: `/healthz`, `/metrics` (meshscope's own), the UI's static files (`/`, `/ui/…`:
 //!   no data; the UI asks for the token and sends it on its API calls);
@@ -7,7 +7,7 @@
 //! - read: everything else, including `/api/v1/status` and unknown paths (a 404 tells a
 //!   caller without a token nothing).
 
-use meshscope_auth::{Access, Bodies, ErrorStyle, Route, Scope};
+use meshscope_gate::{Access, Bodies, ErrorStyle, Route, Scope};
 
 pub fn route_of(path: &str) -> Route {
     let access = if matches!(path, "/" | "/healthz" | "/metrics") || path.starts_with("/ui/") {

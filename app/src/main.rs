@@ -62,6 +62,9 @@ const THREAD_STACK_BYTES: usize = 16 << 20;
 
 fn main() -> ExitCode {
     tune_allocator();
+    // connection limits, not the kernel's default soft limit of 1024 files, decide how many
+    // clients a listener holds
+    let _ = meshscope_gate::serve::raise_open_files_limit();
     let cli = match config::parse_from(std::env::args().collect()) {
         Ok(c) => c,
         Err(e) => {

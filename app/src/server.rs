@@ -2,6 +2,9 @@
 //! (stop accepting, flush the buffer to Parquet, stop the WAL writer).
 
 use std::future::Future;
+use std::sync::Arc;
+
+use meshscope_gate::serve::ListenerStats;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -135,10 +138,17 @@ pub async fn run_with(
         }
         _ => None,
     };
-    let guard = meshscope_auth::Guard::new(cfg.auth.clone(), crate::guard::route_of)
+    let guard = meshscope_gate::Guard::new(cfg.auth.clone(), crate::guard::route_of)
         .loopback_host_only(cfg.api_addr.ip().is_loopback());
+    let api_conns: Arc<ListenerStats> = Default::default();
+    let mut listeners = vec![("api", api_conns.clone())];
+    if let Some(r) = &receivers {
+        listeners.push(("otlp_http", r.http_conns.clone()));
+        listeners.push(("otlp_grpc", r.grpc_conns.clone()));
+    }
     let state = AppState {
         refused: guard.stats.clone(),
+        listeners,
         role,
         store: store.reader(),
         queries,
@@ -171,8 +181,14 @@ pub async fn run_with(
             otlp_http: receivers.as_ref().map(|r| r.otlp_http_addr),
         });
     }
-    let api = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
-    let api = tokio::spawn(async move { api.await });
+    let api = meshscope_gate::serve::serve(
+        listener,
+        app,
+        cfg.listener,
+        api_conns,
+        stopped(stop_rx.clone()),
+    );
+    let api = tokio::spawn(api);
     stop.await;
     let _ = stop_tx.send(true);
     api.await?.context("API server")?;
@@ -203,6 +219,8 @@ pub async fn run_with(
 struct Receivers {
     envoy: std::sync::Arc<EnvoyIngest>,
     otlp_stats: std::sync::Arc<meshscope_collector::otlp::OtlpStats>,
+    http_conns: Arc<ListenerStats>,
+    grpc_conns: Arc<ListenerStats>,
     otlp_http_addr: std::net::SocketAddr,
     /// The OTLP servers, which end when `stop` turns true.
     tasks: Vec<tokio::task::JoinHandle<Result<(), meshscope_collector::otlp::OtlpError>>>,
@@ -235,6 +253,7 @@ async fn start_receivers(
         .with_auth(cfg.auth.clone())
         .with_limits(OtlpLimits {
             max_body_bytes: cfg.max_body_bytes,
+            listener: cfg.listener,
         })
         .with_body_parser(move |line| body_format.parse_line(line).ok().map(|p| p.row))
         .with_enricher(move |row| {
@@ -242,6 +261,7 @@ async fn start_receivers(
             derive_identity(row, &ProxyIdentity::default(), &book);
         });
     let otlp_stats = otlp.stats.clone();
+    let (http_conns, grpc_conns) = (otlp.http_conns.clone(), otlp.grpc_conns.clone());
     let grpc = TcpListener::bind(cfg.otlp_grpc_addr)
         .await
         .with_context(|| format!("binding --otlp-grpc-addr {}", cfg.otlp_grpc_addr))?;
@@ -280,6 +300,8 @@ async fn start_receivers(
     Ok(Receivers {
         envoy,
         otlp_stats,
+        http_conns,
+        grpc_conns,
         otlp_http_addr,
         tasks,
         tailer,

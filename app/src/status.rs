@@ -50,7 +50,9 @@ pub struct AppState {
     /// `meshscope demo`: the simulator's phase, shown as `demo` in `/api/v1/status`.
     pub demo_status: Option<StatusHook>,
     /// Requests the API port's guard refused.
-    pub refused: Arc<meshscope_auth::GuardStats>,
+    pub refused: Arc<meshscope_gate::GuardStats>,
+    /// Connections of each listener (`api`, `otlp_http`, `otlp_grpc`).
+    pub listeners: Vec<(&'static str, Arc<meshscope_gate::serve::ListenerStats>)>,
 }
 
 /// A section of `/api/v1/status` computed on each request.
@@ -248,6 +250,39 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
                     s.refused.forbidden.load(Relaxed) as f64,
                 ),
             ],
+        );
+    }
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        let per = |f: &dyn Fn(&meshscope_gate::serve::ListenerStats) -> f64| {
+            s.listeners
+                .iter()
+                .map(|(n, l)| (format!("{{listener=\"{n}\"}}"), f(l)))
+                .collect::<Vec<_>>()
+        };
+        metric(
+            "meshscope_connections_open",
+            "gauge",
+            "Open connections per listener (--max-connections).",
+            per(&|l| l.open.load(Relaxed) as f64),
+        );
+        metric(
+            "meshscope_connections_refused_total",
+            "counter",
+            "Connections closed at once: --max-connections were open.",
+            per(&|l| l.refused.load(Relaxed) as f64),
+        );
+        metric(
+            "meshscope_connections_idle_closed_total",
+            "counter",
+            "Connections closed after --idle-timeout without a request.",
+            per(&|l| l.idle_closed.load(Relaxed) as f64),
+        );
+        metric(
+            "meshscope_accept_errors_total",
+            "counter",
+            "accept() failures (EMFILE and the like), each followed by a back-off.",
+            per(&|l| l.accept_errors.load(Relaxed) as f64),
         );
     }
     if let Some(q) = &s.queries {

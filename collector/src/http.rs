@@ -16,12 +16,26 @@ use crate::envoy::push::EnvoyIngest;
 use crate::reply::{error, store_error};
 use crate::rows::decode_json_rows;
 
-/// Every ingest endpoint of the API port, writing through `ingest`'s store.
+/// Every ingest endpoint of the API port, writing through `ingest`'s store. While storage is
+/// over its buffer limit a request is answered 429 before its body is read.
 pub fn routes(ingest: Arc<EnvoyIngest>) -> Router {
     Router::new()
         .route("/api/v1/ingest/rows/{table}", post(ingest_rows))
         .with_state(ingest.clone())
-        .merge(crate::envoy::push::routes(ingest))
+        .merge(crate::envoy::push::routes(ingest.clone()))
+        .layer(axum::middleware::from_fn_with_state(ingest, admit_first))
+}
+
+/// Refuses a request while storage is overloaded, before its body is buffered.
+async fn admit_first(
+    State(s): State<Arc<EnvoyIngest>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Err(e) = s.store.admit() {
+        return store_error(&e);
+    }
+    next.run(req).await
 }
 
 async fn ingest_rows(

@@ -217,6 +217,8 @@ pub struct StoreStats {
     pub rejected_overload: AtomicU64,
     /// Rows refused by the ingest window.
     pub refused_window: AtomicU64,
+    /// Corrupt WAL records skipped at replay (the records after them were kept).
+    pub wal_records_skipped: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -252,6 +254,7 @@ pub struct StoreStatus {
     pub files_scanned: u64,
     pub rejected_overload: u64,
     pub refused_window: u64,
+    pub wal_records_skipped: u64,
 }
 
 /// Buffered records of one WAL segment.

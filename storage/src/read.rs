@@ -213,6 +213,7 @@ impl Store {
             files_scanned: l(&s.files_scanned),
             rejected_overload: l(&s.rejected_overload),
             refused_window: l(&s.refused_window),
+            wal_records_skipped: l(&s.wal_records_skipped),
         }
     }
 

@@ -16,6 +16,13 @@ impl Store {
         for &seq in &segs {
             let path = wal::segment_path(&dir, seq);
             let read = wal::read_segment(&path, 0, self.inner.cfg.request_decoder)?;
+            for why in &read.skipped {
+                warn!(segment = %path.display(), %why, "a corrupt WAL record was skipped; the records after it are kept");
+            }
+            self.inner
+                .stats
+                .wal_records_skipped
+                .fetch_add(read.skipped.len() as u64, Ordering::Relaxed);
             if let Some(why) = &read.torn {
                 warn!(segment = %path.display(), %why, kept_bytes = read.good_len, "WAL tail is torn or corrupt; truncating it, every record before it is kept");
                 wal::truncate_segment(&path, read.good_len)?;

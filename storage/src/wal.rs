@@ -5,8 +5,9 @@
 //! RecordBatch, LZ4-compressed as one block with its size prepended when the tag has bit 7
 //! set ([`WHOLE_LZ4`], what is written now); records without that bit, written before,
 //! hold an IPC stream whose buffers are LZ4 frames. A record is trusted only if its length
-//! fits in the file and its checksum matches; the first record that does not marks the torn
-//! tail, which replay truncates.
+//! fits in the file and its checksum matches. A record that fails its checksum but whose
+//! length still frames it and whose successor is intact is skipped and reported; otherwise
+//! a bad record marks the torn tail, which replay truncates.
 //!
 //! A `spans` record whose tag has bit 6 set ([`REQUEST`]) holds instead the request its rows
 //! were decoded from (the OTLP receiver's `ExportTraceServiceRequest`), exactly as received
@@ -25,7 +26,7 @@
 //! records in segments that a flush deletes.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
@@ -262,23 +263,50 @@ pub struct SegmentRead {
     pub good_len: u64,
     /// Why reading stopped before the end of the file, if it did.
     pub torn: Option<String>,
+    /// Records skipped in the middle of the segment: each fails its checksum, and the record
+    /// after it is intact, so the framing allows stepping over it.
+    pub skipped: Vec<String>,
 }
 
-/// Reads the records of a segment from byte `from` on. Stops at the first record that is
-/// incomplete or fails its checksum; never panics on garbage. A request record with no
-/// `decoder` to read it is an error (`InvalidInput`), not a torn tail.
+/// Whether a well-framed record with a matching checksum starts at `pos` (or `pos` is the
+/// end of the data).
+fn intact_at(data: &[u8], pos: usize) -> bool {
+    if pos == data.len() {
+        return true;
+    }
+    if data.len() - pos < HEADER {
+        return false;
+    }
+    let len = u32::from_le_bytes(data[pos..pos + 4].try_into().unwrap_or_default()) as usize;
+    let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().unwrap_or_default());
+    (10..=MAX_RECORD).contains(&len)
+        && data.len() - pos - HEADER >= len
+        && crc32fast::hash(&data[pos + HEADER..pos + HEADER + len]) == crc
+}
+
+/// Reads the records of a segment from byte `from` on; never panics on garbage.
+///
+/// A record that fails its checksum, but whose length frames it and is followed by an intact
+/// record, is skipped and reported (`skipped`): the records after it are kept. A record
+/// that cannot be framed (its length is garbage or runs past the end), a bad last record, or
+/// an intact record that does not decode is the torn tail: reading stops there (`torn`). A request record with
+/// no `decoder` to read it is an error (`InvalidInput`), not corruption.
 pub fn read_segment(
     path: &Path,
     from: u64,
     decoder: Option<RequestDecoder>,
 ) -> io::Result<SegmentRead> {
+    // Only the bytes from `from` on are read: a follower reads what is new.
     let mut f = File::open(path)?;
+    f.seek(io::SeekFrom::Start(from))?;
     let mut data = Vec::new();
     f.read_to_end(&mut data)?;
-    let mut pos = from as usize;
+    let base = from as usize;
+    let mut pos = 0usize;
     let mut records = Vec::new();
     let mut positions = Vec::new();
     let mut torn = None;
+    let mut skipped = Vec::new();
     while pos < data.len() {
         if data.len() - pos < HEADER {
             torn = Some(format!(
@@ -296,40 +324,57 @@ pub fn read_segment(
             ));
             break;
         }
-        let payload = &data[pos + HEADER..pos + HEADER + len];
-        if crc32fast::hash(payload) != crc {
-            torn = Some(format!("record at byte {pos} fails its checksum"));
-            break;
-        }
-        // A request record that this store cannot decode is a misconfigured process, not a
-        // torn WAL: nothing may be truncated.
-        if payload[0] & REQUEST != 0 && decoder.is_none() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "{}: the record at byte {pos} logs a request, and the store was given no \
-                     decoder for it (StoreConfig::request_decoder)",
-                    path.display()
-                ),
-            ));
-        }
-        match decode_payload(payload, decoder) {
-            Ok(d) => {
-                records.extend(d.records);
-                positions.extend(d.positions);
+        let next = pos + HEADER + len;
+        let payload = &data[pos + HEADER..next];
+        let bad = if crc32fast::hash(payload) != crc {
+            Some((
+                format!("record at byte {} fails its checksum", base + pos),
+                true,
+            ))
+        } else {
+            // A request record that this store cannot decode is a misconfigured process,
+            // not a corrupt WAL: nothing may be skipped or truncated.
+            if payload[0] & REQUEST != 0 && decoder.is_none() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{}: the record at byte {} logs a request, and the store was given no \
+                         decoder for it (StoreConfig::request_decoder)",
+                        path.display(),
+                        base + pos
+                    ),
+                ));
             }
-            Err(e) => {
-                torn = Some(format!("record at byte {pos} does not decode: {e}"));
+            match decode_payload(payload, decoder) {
+                Ok(d) => {
+                    records.extend(d.records);
+                    positions.extend(d.positions);
+                    None
+                }
+                Err(e) => Some((
+                    format!("record at byte {} does not decode: {e}", base + pos),
+                    false,
+                )),
+            }
+        };
+        if let Some((why, checksum_failed)) = bad {
+            // Only a checksum failure is skipped (bits changed in place); an intact record
+            // that does not decode (another version's) stops reading, as a torn tail does.
+            // So does a bad last record, or one whose successor is not intact either.
+            if !checksum_failed || next == data.len() || !intact_at(&data, next) {
+                torn = Some(why);
                 break;
             }
+            skipped.push(format!("{why} ({len} bytes skipped)"));
         }
-        pos += HEADER + len;
+        pos = next;
     }
     Ok(SegmentRead {
         records,
         positions,
-        good_len: pos as u64,
+        good_len: (base + pos) as u64,
         torn,
+        skipped,
     })
 }
 
@@ -422,6 +467,49 @@ mod tests {
         let read = read_segment(&segment_path(dir.path(), 7), 0, Some(not_an_export)).unwrap();
         assert_eq!(read.good_len, 0);
         assert!(read.torn.unwrap().contains("does not decode"));
+    }
+
+    #[test]
+    fn a_record_that_fails_its_checksum_mid_segment_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let recs: Vec<Vec<u8>> = (0..4)
+            .map(|i| encode_positions_record(&[(format!("k{i}"), format!("v{i}"))]))
+            .collect();
+        let path = segment_path(dir.path(), 1);
+        let mut bytes = recs.concat();
+        // flip a bit in the payload of the second record
+        let second = recs[0].len();
+        bytes[second + HEADER + 3] ^= 0x10;
+        fs::write(&path, &bytes).unwrap();
+        let read = read_segment(&path, 0, None).unwrap();
+        let keys: Vec<_> = read.positions.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(keys, ["k0", "k2", "k3"]);
+        assert!(read.torn.is_none());
+        assert_eq!(read.skipped.len(), 1);
+        assert!(read.skipped[0].contains(&format!("record at byte {second} fails its checksum")));
+        assert_eq!(read.good_len, bytes.len() as u64);
+        // reading from an offset reads only what follows, and reports absolute offsets
+        let third = second + recs[1].len();
+        let tail = read_segment(&path, third as u64, None).unwrap();
+        let keys: Vec<_> = tail.positions.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(keys, ["k2", "k3"]);
+        assert_eq!(tail.good_len, bytes.len() as u64);
+        // the same damage in the last record is a torn tail
+        let mut bytes = recs.concat();
+        let last = bytes.len() - recs[3].len();
+        bytes[last + HEADER + 3] ^= 0x10;
+        fs::write(&path, &bytes).unwrap();
+        let read = read_segment(&path, 0, None).unwrap();
+        assert_eq!(read.positions.len(), 3);
+        assert_eq!(read.good_len, last as u64);
+        assert!(read.torn.unwrap().contains("fails its checksum"));
+        // a garbage length cannot be framed: torn there, nothing after it is trusted
+        let mut bytes = recs.concat();
+        bytes[second..second + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        fs::write(&path, &bytes).unwrap();
+        let read = read_segment(&path, 0, None).unwrap();
+        assert_eq!(read.positions.len(), 1);
+        assert_eq!(read.good_len, second as u64);
     }
 
     #[test]

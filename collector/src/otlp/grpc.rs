@@ -17,6 +17,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::http::{self, HeaderValue};
 use bytes::Buf;
@@ -35,7 +36,6 @@ use tonic::codegen::{BoxFuture, StdError};
 use tonic::server::{NamedService, UnaryService};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -226,15 +226,23 @@ pub async fn serve_grpc(
     let auth = state.auth.clone();
     let check = move |req: tonic::Request<()>| -> Result<tonic::Request<()>, Status> {
         let headers = req.metadata().clone().into_headers();
-        match auth.check(&headers, meshscope_auth::Scope::Ingest) {
+        match auth.check(&headers, meshscope_gate::Scope::Ingest) {
             Ok(()) => Ok(req),
-            Err(d @ meshscope_auth::Denied::WrongScope(_)) => {
+            Err(d @ meshscope_gate::Denied::WrongScope(_)) => {
                 Err(Status::permission_denied(d.message()))
             }
             Err(d) => Err(Status::unauthenticated(d.message())),
         }
     };
+    let limits = state.limits.listener;
+    let incoming = bounded_incoming(listener, limits, state.grpc_conns.clone());
     Server::builder()
+        // an idle stream (headers, then nothing) ends after the idle timeout
+        .timeout(limits.idle_timeout)
+        .max_concurrent_streams(Some(limits.max_h2_streams))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .http2_max_header_list_size(Some(64 << 10))
         .layer(tower::util::MapResponseLayer::new(
             move |resp: http::Response<tonic::body::Body>| refused_message(&stats, resp),
         ))
@@ -243,12 +251,108 @@ pub async fn serve_grpc(
             check.clone(),
         ))
         .add_service(InterceptedService::new(logs_service(state), check))
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
+}
+
+/// Connections of `listener`: `accept` errors back off instead of spinning (tonic's own
+/// loop retries at once), and beyond `max_connections` open ones a new connection is closed.
+fn bounded_incoming(
+    listener: tokio::net::TcpListener,
+    limits: meshscope_gate::serve::ListenerLimits,
+    stats: Arc<meshscope_gate::serve::ListenerStats>,
+) -> impl futures::Stream<Item = Result<Held, std::io::Error>> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let backoff = meshscope_gate::serve::Backoff::default();
+    futures::stream::unfold((listener, backoff), move |(listener, mut backoff)| {
+        let (slots, stats) = (slots.clone(), stats.clone());
+        async move {
+            loop {
+                let io = meshscope_gate::serve::accept(&listener, &mut backoff, &stats).await;
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    stats
+                        .refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                };
+                let _ = io.set_nodelay(true);
+                stats
+                    .open
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let held = Held {
+                    io,
+                    _slot: slot,
+                    stats: stats.clone(),
+                };
+                return Some((Ok(held), (listener, backoff)));
+            }
+        }
+    })
+}
+
+/// A connection holding its place among `max_connections` until it closes.
+pub struct Held {
+    io: tokio::net::TcpStream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    stats: Arc<meshscope_gate::serve::ListenerStats>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.stats
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl tonic::transport::server::Connected for Held {
+    type ConnectInfo = <tokio::net::TcpStream as tonic::transport::server::Connected>::ConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for Held {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Held {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
 }
 
 /// Looks at trailers-only error replies (how tonic answers a request it could not decode):

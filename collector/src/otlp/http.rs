@@ -84,10 +84,10 @@ impl Encoding {
 pub fn router(state: OtlpState) -> Router {
     // Every path needs an ingest token (when tokens are configured); pages of other sites
     // are refused. The content type is checked by the handlers (415).
-    let guard = meshscope_auth::Guard::new(state.auth.clone(), |_| meshscope_auth::Route {
-        access: meshscope_auth::Access::Need(meshscope_auth::Scope::Ingest),
-        bodies: meshscope_auth::Bodies::Any,
-        style: meshscope_auth::ErrorStyle::Meshscope,
+    let guard = meshscope_gate::Guard::new(state.auth.clone(), |_| meshscope_gate::Route {
+        access: meshscope_gate::Access::Need(meshscope_gate::Scope::Ingest),
+        bodies: meshscope_gate::Bodies::Any,
+        style: meshscope_gate::ErrorStyle::Meshscope,
     });
     let r = Router::new()
         .route("/v1/traces", post(traces))
@@ -104,8 +104,8 @@ pub async fn serve_http(
     state: OtlpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), OtlpError> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
+    let (limits, stats) = (state.limits.listener, state.http_conns.clone());
+    meshscope_gate::serve::serve(listener, router(state), limits, stats, shutdown)
         .await
         .map_err(OtlpError::HttpServer)
 }

@@ -66,6 +66,9 @@ pub struct OtlpLimits {
     /// Largest request accepted, in bytes, measured after decompression (HTTP: 413; gRPC:
     /// RESOURCE_EXHAUSTED). The compressed body is held to the same limit.
     pub max_body_bytes: usize,
+    /// Connections, timeouts and HTTP/2 streams of both listeners; for gRPC the idle timeout
+    /// is also the longest one call may take (an idle stream ends with DEADLINE_EXCEEDED).
+    pub listener: meshscope_gate::serve::ListenerLimits,
 }
 
 impl Default for OtlpLimits {
@@ -73,6 +76,7 @@ impl Default for OtlpLimits {
     fn default() -> Self {
         OtlpLimits {
             max_body_bytes: 16 << 20,
+            listener: Default::default(),
         }
     }
 }
@@ -144,7 +148,10 @@ pub struct OtlpState {
     /// Runs on every `requests` row built from an OTLP log record.
     pub enricher: Option<RowEnricher>,
     /// Tokens both OTLP listeners ask for (the ingest scope); open by default.
-    pub auth: meshscope_auth::Auth,
+    pub auth: meshscope_gate::Auth,
+    /// Connections of the OTLP/HTTP and OTLP/gRPC listeners.
+    pub http_conns: Arc<meshscope_gate::serve::ListenerStats>,
+    pub grpc_conns: Arc<meshscope_gate::serve::ListenerStats>,
 }
 
 impl fmt::Debug for OtlpState {
@@ -170,11 +177,13 @@ impl OtlpState {
             body_parser: None,
             enricher: None,
             auth: Default::default(),
+            http_conns: Default::default(),
+            grpc_conns: Default::default(),
         }
     }
 
     /// Ask every OTLP request for an ingest token.
-    pub fn with_auth(mut self, auth: meshscope_auth::Auth) -> OtlpState {
+    pub fn with_auth(mut self, auth: meshscope_gate::Auth) -> OtlpState {
         self.auth = auth;
         self
     }

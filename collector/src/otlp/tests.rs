@@ -613,6 +613,7 @@ async fn oversized_bodies_are_413() {
     let dir = tempfile::tempdir().expect("tempdir");
     let st = state(dir.path()).await.with_limits(OtlpLimits {
         max_body_bytes: 64 << 10,
+        ..Default::default()
     });
     let spans = (0..2000)
         .map(|i| envoy_span((i % 250 + 1) as u8, now_ns()))
@@ -689,6 +690,7 @@ async fn a_gzip_bomb_is_413_without_allocating_past_the_limit() {
     let dir = tempfile::tempdir().expect("tempdir");
     let st = state(dir.path()).await.with_limits(OtlpLimits {
         max_body_bytes: limit,
+        ..Default::default()
     });
     let (status, _, reply) = call(&st, post("/v1/traces", http::PROTOBUF, true, bomb)).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
@@ -948,6 +950,7 @@ async fn grpc_oversized_messages_are_resource_exhausted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let st = state(dir.path()).await.with_limits(OtlpLimits {
         max_body_bytes: 64 << 10,
+        ..Default::default()
     });
     let server = GrpcServer::start(st.otlp.clone()).await;
     let big = trace_request(

@@ -250,3 +250,155 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Raises this test process's open-files limit: the test holds thousands of sockets.
+fn enough_files(need: u64) {
+    let (_, hard) = rlimit::Resource::NOFILE.get().expect("getrlimit");
+    assert!(
+        hard >= need,
+        "this test needs {need} open files; the hard limit is {hard} (raise it with ulimit -Hn)"
+    );
+    rlimit::Resource::NOFILE.set(hard, hard).expect("setrlimit");
+}
+
+/// One unary gRPC call with an empty `ExportTraceServiceRequest` on `client`; its grpc-status.
+async fn empty_export(client: &mut h2::client::SendRequest<bytes::Bytes>) -> String {
+    let req = http::Request::post(
+        "http://meshscope/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    )
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let mut ready = client.clone().ready().await.expect("h2 ready");
+    let (resp, mut body) = ready.send_request(req, false).expect("send");
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .expect("data");
+    let resp = resp.await.expect("response");
+    let head = resp
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_string());
+    let mut b = resp.into_body();
+    while let Some(chunk) = b.data().await {
+        let _ = chunk;
+    }
+    let trailers = b.trailers().await.ok().flatten();
+    head.or_else(|| {
+        trailers.and_then(|t| {
+            t.get("grpc-status")
+                .map(|v| v.to_str().unwrap().to_string())
+        })
+    })
+    .unwrap_or_default()
+}
+
+/// 2,000 idle connections on the API port and 1,000 idle gRPC streams: a normal request
+/// still answers in under a second, and the idle ones are closed after the idle timeout.
+#[test]
+fn idle_connections_and_streams_are_closed_and_requests_still_answer() {
+    enough_files(6000);
+    let dir = tempfile::tempdir().unwrap();
+    let idle_s = 3;
+    let server = Server::start(
+        "serve",
+        &dir.path().join("d"),
+        &[
+            "--idle-timeout",
+            &format!("{idle_s}s"),
+            "--header-read-timeout",
+            "2s",
+        ],
+    );
+    let api = server.addr.clone();
+    let grpc = server.otlp_grpc.clone().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        use tokio::io::AsyncReadExt;
+        // 2,000 connections that send nothing
+        let mut idle = Vec::new();
+        for _ in 0..2000 {
+            idle.push(tokio::net::TcpStream::connect(&api).await.expect("connect"));
+        }
+        // 1,000 gRPC streams that send their headers and nothing more, 100 per connection
+        let mut streams = Vec::new();
+        let mut conns = Vec::new();
+        for _ in 0..10 {
+            let tcp = tokio::net::TcpStream::connect(&grpc).await.unwrap();
+            let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+            conns.push(tokio::spawn(conn));
+            for _ in 0..100 {
+                let req = http::Request::post(
+                    "http://meshscope/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                )
+                .header("content-type", "application/grpc")
+                .body(())
+                .unwrap();
+                let mut ready = client.clone().ready().await.expect("ready");
+                let (resp, body) = ready.send_request(req, false).expect("send");
+                streams.push((resp, body));
+            }
+        }
+        // a normal request on each port still answers at once
+        let started = std::time::Instant::now();
+        let mut s = tokio::net::TcpStream::connect(&api).await.unwrap();
+        use tokio::io::AsyncWriteExt;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let took = started.elapsed();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(
+            took < std::time::Duration::from_secs(1),
+            "API answered after {took:?}"
+        );
+        let tcp = tokio::net::TcpStream::connect(&grpc).await.unwrap();
+        let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let started = std::time::Instant::now();
+        let status = empty_export(&mut client).await;
+        let took = started.elapsed();
+        assert_eq!(status, "0", "an empty export succeeds");
+        assert!(
+            took < std::time::Duration::from_secs(1),
+            "gRPC answered after {took:?}"
+        );
+        // after the idle timeout: every idle connection closed, every idle stream ended
+        let deadline = std::time::Duration::from_secs(idle_s + 5);
+        for mut c in idle {
+            let mut b = [0u8; 64];
+            let n = tokio::time::timeout(deadline, c.read(&mut b)).await;
+            assert!(
+                matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+                "an idle connection stayed open: {n:?}"
+            );
+        }
+        let mut ended = 0;
+        for (resp, _body) in streams {
+            match tokio::time::timeout(deadline, resp).await {
+                Ok(_) => ended += 1,
+                Err(_) => panic!("an idle gRPC stream was still open after {deadline:?}"),
+            }
+        }
+        assert_eq!(ended, 1000);
+    });
+    let (_, metrics) = server.get_json("/metrics");
+    let m = metrics.as_str().unwrap_or_default().to_string();
+    let line = m
+        .lines()
+        .find(|l| l.starts_with("meshscope_connections_idle_closed_total{listener=\"api\"}"))
+        .unwrap_or_default();
+    let closed: f64 = line
+        .rsplit(' ')
+        .next()
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0.0);
+    assert!(closed >= 2000.0, "{line}");
+}

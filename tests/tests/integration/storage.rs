@@ -177,6 +177,67 @@ async fn wrong_typed_column_is_rejected_by_name() {
     store.shutdown().await.unwrap();
 }
 
+/// Byte offsets of the records of a WAL segment (`len: u32 | crc: u32 | payload`).
+fn record_offsets(bytes: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos + 8 <= bytes.len() {
+        out.push(pos);
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+        pos += 8 + len;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_wal_record_in_the_middle_is_skipped_and_the_records_after_it_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = hour_start_ns(0);
+    let store = Store::open(cfg(dir.path())).await.unwrap();
+    for k in 0..5u64 {
+        let rows: Vec<_> = (0..10)
+            .map(|i| request(i, t, &format!("b{k}-{i}")))
+            .collect();
+        store
+            .append(Table::Requests, requests_batch(&rows).unwrap())
+            .await
+            .unwrap();
+    }
+    store.halt().await;
+    let wal_dir = dir.path().join("wal");
+    let seg = wal::segment_path(
+        &wal_dir,
+        *wal::list_segments(&wal_dir).unwrap().last().unwrap(),
+    );
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let offsets = record_offsets(&bytes);
+    assert!(offsets.len() >= 5, "{offsets:?}");
+    // the third of the five appends: a byte flipped inside its payload
+    let third = offsets[offsets.len() - 3];
+    bytes[third + 20] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+    let store = Store::open(cfg(dir.path())).await.unwrap();
+    let engine = QueryEngine::new(store.clone()).unwrap();
+    let out = engine
+        .query("SELECT request_id FROM requests", SqlLimits::default())
+        .await
+        .unwrap();
+    let ids: Vec<String> = rows_of(&out.batches);
+    assert_eq!(ids.len(), 40, "four appends survive: {ids:?}");
+    assert!(ids.iter().all(|r| !r.contains("b2-")));
+    assert!(
+        ids.iter().any(|r| r.contains("b4-")),
+        "the records after the bad one replay"
+    );
+    assert_eq!(store.status().wal_records_skipped, 1);
+    assert_eq!(
+        std::fs::metadata(&seg).unwrap().len(),
+        bytes.len() as u64,
+        "nothing is truncated"
+    );
+    store.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_wal_tail_is_truncated_and_earlier_rows_survive() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,4 +1,5 @@
-//! Who may call meshscope, and what a browser page may not make it do.
+//! What stands at every listener: how connections are served and bounded ([`serve`]), who
+//! may call meshscope, and what a browser page may not make it do.
 //!
 //! - [`tokens`]: bearer tokens read from files, per scope (reads, ingest), checked in constant
 //!   time; Basic auth with the token as the password, as Grafana's datasources send it.
@@ -8,6 +9,7 @@
 //!   which scope and in which format its clients expect an error.
 
 pub mod browser;
+pub mod serve;
 pub mod tokens;
 
 use std::sync::Arc;
