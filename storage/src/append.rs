@@ -155,7 +155,9 @@ impl Store {
     /// Receivers ask before decoding a request, so a request that would be refused costs no
     /// decoding.
     pub fn admit(&self) -> Result<(), StoreError> {
-        let buffered = self.state_read().buffered_bytes;
+        // the buffer plus what is charged against it (queued for the rollups, compaction)
+        let buffered =
+            self.state_read().buffered_bytes + self.inner.charged.load(Ordering::Acquire);
         if buffered > self.inner.cfg.max_buffer_bytes {
             self.inner
                 .stats
@@ -164,7 +166,7 @@ impl Store {
             self.kick_flush();
             return Err(StoreError::Overloaded(
                 format!(
-                    "{buffered} bytes buffered, limit {}",
+                    "{buffered} bytes buffered or in use by compaction and the rollups, limit {}",
                     self.inner.cfg.max_buffer_bytes
                 ),
                 Duration::from_secs(1),

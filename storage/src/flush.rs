@@ -70,6 +70,7 @@ impl Store {
                 .objects
                 .put(&mpath, PutPayload::from(serde_json::to_vec_pretty(&m)?))
                 .await?;
+            self.sync_written(&mpath)?;
             *versions.entry(hour).or_insert(0) += 1;
         }
         let index = HoursIndex {
@@ -82,6 +83,7 @@ impl Store {
                 PutPayload::from(serde_json::to_vec(&index)?),
             )
             .await?;
+        self.sync_written(&hours_path(&self.inner.root, table))?;
         if m.files.is_empty() {
             let _ = self.inner.objects.delete(&mpath).await;
         }
@@ -91,6 +93,22 @@ impl Store {
             st.manifests.remove(&(table, hour));
         } else {
             st.manifests.insert((table, hour), m);
+        }
+        Ok(())
+    }
+
+    /// Makes a file just written durable before anything relies on it (a WAL segment is
+    /// deleted only after the files and manifests holding its rows are): on a local data
+    /// directory, fsync of the file and of its directory (the rename that put it there). On
+    /// an object store a completed PUT is durable already.
+    pub(crate) fn sync_written(&self, path: &Path) -> Result<(), StoreError> {
+        if !self.inner.object_url.starts_with("file") {
+            return Ok(());
+        }
+        let local = std::path::Path::new("/").join(path.as_ref());
+        File::open(&local)?.sync_all()?;
+        if let Some(dir) = local.parent() {
+            File::open(dir)?.sync_all()?;
         }
         Ok(())
     }
@@ -211,6 +229,7 @@ impl Store {
             .put(&tmp_path, PutPayload::from(bytes))
             .await?;
         self.inner.objects.rename(&tmp_path, &final_path).await?;
+        self.sync_written(&final_path)?;
         self.inner
             .stats
             .files_written

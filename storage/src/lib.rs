@@ -27,6 +27,7 @@ mod flush;
 pub mod handles;
 mod maintenance;
 pub mod manifest;
+pub mod merge;
 mod read;
 mod replay;
 pub mod segment;
@@ -37,7 +38,7 @@ pub use handles::{StoreReader, StoreWriter};
 pub use maintenance::{Compaction, compaction_inputs};
 pub use wal::RequestDecoder;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,7 +100,42 @@ pub enum FsyncPolicy {
 /// WAL at start, or (follower) read from the writer's WAL. Never batches already in Parquet
 /// when the store opened — `Store::manifests_at_open` lists those. Called under the buffer
 /// lock, so it must be cheap (hand the batch to a channel).
-pub type BatchObserver = Arc<dyn Fn(Table, &RecordBatch) + Send + Sync>;
+/// Told about every batch that enters the buffer. The [`Charge`] counts the batch against the
+/// buffer limit until the observer drops it (after it has used the batch), so a slow
+/// observer's queue applies back-pressure instead of growing without bound.
+pub type BatchObserver = Arc<dyn Fn(Table, &RecordBatch, Charge) + Send + Sync>;
+
+/// Memory held outside the buffer that counts against `max_buffer_bytes` (batches queued for
+/// an observer, a compaction's working set) until dropped.
+#[derive(Debug)]
+pub struct Charge {
+    bytes: usize,
+    pool: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Charge {
+    fn new(pool: &Arc<std::sync::atomic::AtomicUsize>, bytes: usize) -> Charge {
+        pool.fetch_add(bytes, Ordering::AcqRel);
+        Charge {
+            bytes,
+            pool: pool.clone(),
+        }
+    }
+
+    /// A charge on nothing (tests, observers fed outside a store).
+    pub fn none() -> Charge {
+        Charge {
+            bytes: 0,
+            pool: Default::default(),
+        }
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.pool.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
 
 #[derive(Clone)]
 pub struct StoreConfig {
@@ -219,6 +255,10 @@ pub struct StoreStats {
     pub refused_window: AtomicU64,
     /// Corrupt WAL records skipped at replay (the records after them were kept).
     pub wal_records_skipped: AtomicU64,
+    /// Hour compactions that failed (each hour then waits before it is tried again).
+    pub compaction_failures: AtomicU64,
+    /// Parquet reads that failed without showing corruption (not quarantined).
+    pub transient_read_errors: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -238,6 +278,9 @@ pub struct StoreStatus {
     pub read_only: bool,
     pub fsync: FsyncPolicy,
     pub buffered_bytes: usize,
+    /// Bytes held outside the buffer that count against its limit: batches queued for the
+    /// rollups, a compaction's working set.
+    pub charged_bytes: usize,
     pub wal_segments: usize,
     pub tables: Vec<TableStatus>,
     pub quarantined: Vec<Quarantined>,
@@ -255,6 +298,10 @@ pub struct StoreStatus {
     pub rejected_overload: u64,
     pub refused_window: u64,
     pub wal_records_skipped: u64,
+    pub compaction_failures: u64,
+    pub transient_read_errors: u64,
+    /// The last such failure: file and error.
+    pub last_read_error: Option<String>,
 }
 
 /// Buffered records of one WAL segment.
@@ -343,6 +390,11 @@ struct Inner {
     quarantine: Mutex<Vec<Quarantined>>,
     verified: Mutex<HashSet<String>>,
     pending_deletes: Mutex<Vec<(Instant, Path)>>,
+    /// Hours whose compaction failed: failures in a row, and when to try again.
+    compaction_backoff: Mutex<HashMap<(Table, i64), (u32, Instant)>>,
+    last_read_error: Mutex<Option<String>>,
+    /// Bytes held outside the buffer that count against its limit ([`Charge`]).
+    charged: Arc<std::sync::atomic::AtomicUsize>,
     last_refresh: Mutex<Option<Instant>>,
     lock_file: Mutex<Option<File>>,
     /// The manifests as they were when the store opened, before any replay or flush.
@@ -355,7 +407,7 @@ impl Inner {
     fn observe(&self, records: &[(Table, i64, RecordBatch)]) {
         if let Some(obs) = &self.cfg.observer {
             for (t, _, b) in records {
-                obs(*t, b);
+                obs(*t, b, Charge::new(&self.charged, b.get_array_memory_size()));
             }
         }
     }
@@ -426,6 +478,14 @@ impl Store {
                 Err(_) => return Err(StoreError::Locked(cfg.wal_dir.display().to_string())),
             }
         };
+        if !cfg.read_only {
+            // spill directories of compactions a crash interrupted
+            for e in std::fs::read_dir(&cfg.wal_dir)?.flatten() {
+                if e.file_name().to_string_lossy().starts_with(".compaction-") {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         let inner = Arc::new(Inner {
             cfg,
             objects,
@@ -440,6 +500,9 @@ impl Store {
             quarantine: Mutex::new(Vec::new()),
             verified: Mutex::new(HashSet::new()),
             pending_deletes: Mutex::new(Vec::new()),
+            compaction_backoff: Mutex::new(HashMap::new()),
+            last_read_error: Mutex::new(None),
+            charged: Default::default(),
             last_refresh: Mutex::new(None),
             lock_file: Mutex::new(lock_file),
             manifests_at_open: Mutex::new(Vec::new()),

@@ -72,31 +72,25 @@ impl Store {
             .collect();
         let mut done = 0;
         for (table, hour, files) in candidates {
-            let mut batches = Vec::new();
-            let mut inputs = Vec::new();
-            for f in &files {
-                let path = Path::from(f.path.as_str());
-                let read = async {
-                    segment::decode_parquet(self.inner.objects.get(&path).await?.bytes().await?)
-                };
-                match read.await {
-                    Ok(b) => {
-                        batches.extend(b);
-                        inputs.push(f.clone());
-                    }
-                    Err(e) => {
-                        warn!(path = %f.path, error = %e, "skipping a file compaction cannot read");
-                    }
-                }
-            }
-            // A file that could not be read stays as it is, and the others are merged if two
-            // or more remain. A lone file is rewritten only when it was picked alone (the
-            // unsorted file of a past hour).
-            if inputs.is_empty() || (inputs.len() < files.len() && inputs.len() < 2) {
+            if !force && self.compaction_waits(table, hour) {
                 continue;
             }
-            let level = inputs.iter().map(|f| f.level).max().unwrap_or(0) + 1;
-            let (entry, _) = self.write_segment(table, hour, batches, level).await?;
+            // Merged with bounded memory through a local spill directory (`merge`).
+            let spill = self
+                .inner
+                .cfg
+                .wal_dir
+                .join(format!(".compaction-{:08x}", rand_u32()));
+            let merged = self.compact_hour(table, hour, &files, &spill).await;
+            let _ = std::fs::remove_dir_all(&spill);
+            let (entry, inputs) = match merged {
+                Ok(Some(m)) => m,
+                Ok(None) => continue,
+                Err(e) => {
+                    self.compaction_failed(table, hour, &e);
+                    continue;
+                }
+            };
             {
                 let _g = self.inner.flush_lock.lock().await;
                 // Flushes may have added files meanwhile; only the inputs are replaced.
@@ -110,6 +104,11 @@ impl Store {
                 updated.files.push(entry);
                 self.write_manifest(table, updated).await?;
             }
+            self.inner
+                .compaction_backoff
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&(table, hour));
             let at = Instant::now();
             self.inner
                 .pending_deletes
@@ -120,6 +119,108 @@ impl Store {
             done += 1;
         }
         Ok(done)
+    }
+
+    /// Whether an hour whose compaction failed is still waiting to be tried again.
+    fn compaction_waits(&self, table: Table, hour: i64) -> bool {
+        self.inner
+            .compaction_backoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(table, hour))
+            .is_some_and(|(_, until)| Instant::now() < *until)
+    }
+
+    /// Counts a failed compaction and backs the hour off: one maintenance interval after the
+    /// first failure, doubling up to an hour.
+    fn compaction_failed(&self, table: Table, hour: i64, e: &StoreError) {
+        self.inner
+            .stats
+            .compaction_failures
+            .fetch_add(1, Ordering::Relaxed);
+        let mut b = self
+            .inner
+            .compaction_backoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let fails = b.get(&(table, hour)).map_or(0, |f| f.0) + 1;
+        let wait = (self.inner.cfg.maintenance_interval * 2u32.saturating_pow(fails - 1))
+            .min(Duration::from_secs(3600));
+        b.insert((table, hour), (fails, Instant::now() + wait));
+        warn!(table = table.name(), hour, error = %e, fails, retry_in = ?wait, "compaction failed; the hour waits before it is tried again");
+    }
+
+    /// Merges `files` of one hour into one sorted file written to the store: each is copied
+    /// to `spill`, made a sorted run, and the runs are merged (`merge`). A file that cannot
+    /// be read stays as it is, and the others are merged if two or more remain (a lone file
+    /// only when it was picked alone: the unsorted file of a past hour). Returns the new
+    /// file's entry and the inputs it replaces; `None`: nothing to do.
+    async fn compact_hour(
+        &self,
+        table: Table,
+        hour: i64,
+        files: &[FileEntry],
+        spill: &std::path::Path,
+    ) -> Result<Option<(FileEntry, Vec<FileEntry>)>, StoreError> {
+        std::fs::create_dir_all(spill)?;
+        // The merge's working set (measured: ~85 MB of heap merging 2M bookinfo spans) counts
+        // against the buffer limit while it runs, so ingest backs off instead of the two
+        // adding up: half the limit, at most 128 MiB.
+        let _charge = Charge::new(
+            &self.inner.charged,
+            (self.inner.cfg.max_buffer_bytes / 2).min(128 << 20),
+        );
+        let mut runs = Vec::new();
+        let mut inputs = Vec::new();
+        for (i, f) in files.iter().enumerate() {
+            let local = spill.join(format!("in-{i}.parquet"));
+            let path = Path::from(f.path.as_str());
+            if let Err(e) = merge::download(&*self.inner.objects, &path, &local).await {
+                warn!(path = %f.path, error = %e, "skipping a file compaction cannot read");
+                continue;
+            }
+            let prefix = spill.join(format!("run-{i}"));
+            let level = f.level;
+            let made = tokio::task::spawn_blocking(move || {
+                merge::make_runs(table, &local, level, &prefix)
+            })
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+            match made {
+                Ok(r) => {
+                    runs.extend(r);
+                    inputs.push(f.clone());
+                }
+                Err(e) => {
+                    warn!(path = %f.path, error = %e, "skipping a file compaction cannot read");
+                }
+            }
+        }
+        if inputs.is_empty() || (inputs.len() < files.len() && inputs.len() < 2) {
+            return Ok(None);
+        }
+        let level = inputs.iter().map(|f| f.level).max().unwrap_or(0) + 1;
+        let rows = inputs.iter().map(|f| f.rows as usize).sum();
+        let out = spill.join("out.parquet");
+        let out2 = out.clone();
+        let mut entry =
+            tokio::task::spawn_blocking(move || merge::merge_all(table, runs, rows, level, &out2))
+                .await
+                .map_err(|e| StoreError::Internal(e.to_string()))??;
+        let dir = hour_dir(&self.inner.root, table, hour);
+        let id = format!("{:020}-{:08x}", now_ns(), rand_u32());
+        let final_path = Path::from(format!("{}/{}.parquet", dir.as_ref(), id));
+        let tmp_path = Path::from(format!("{}/.{}.parquet.tmp", dir.as_ref(), id));
+        let size = merge::upload(&*self.inner.objects, &out, &tmp_path).await?;
+        self.inner.objects.rename(&tmp_path, &final_path).await?;
+        self.sync_written(&final_path)?;
+        self.inner
+            .stats
+            .files_written
+            .fetch_add(1, Ordering::Relaxed);
+        entry.path = final_path.to_string();
+        entry.bytes = size;
+        Ok(Some((entry, inputs)))
     }
 
     /// Deletes every hour partition that ended before `now - retention`. Returns the number of

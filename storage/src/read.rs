@@ -76,7 +76,6 @@ impl Store {
 
     /// Checks that each file's Parquet footer opens (once per process); a file that does not
     /// is quarantined and left out. Returns the files that are fine.
-    #[allow(deprecated)] // ParquetObjectReader: still the simplest footer check over object_store
     pub async fn verify_files(&self, table: Table, files: Vec<FileEntry>) -> Vec<FileEntry> {
         let mut ok = Vec::with_capacity(files.len());
         for f in files {
@@ -90,13 +89,8 @@ impl Store {
                 ok.push(f);
                 continue;
             }
-            let reader = parquet::arrow::async_reader::ParquetObjectReader::new(
-                self.inner.objects.clone(),
-                Path::from(f.path.as_str()),
-            )
-            .with_file_size(f.bytes);
-            match parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader).await {
-                Ok(_) => {
+            match self.open_footer(&f).await {
+                Ok(()) => {
                     self.inner
                         .verified
                         .lock()
@@ -104,10 +98,72 @@ impl Store {
                         .insert(f.path.clone());
                     ok.push(f);
                 }
-                Err(e) => self.quarantine(table, &f, e.to_string()).await,
+                // The bytes were read and are not Parquet: really corrupt.
+                Err(e) if !matches!(e, parquet::errors::ParquetError::External(_)) => {
+                    self.quarantine(table, &f, e.to_string()).await
+                }
+                // Reading failed (an S3 503, EACCES, a network error): nothing is known about
+                // the file. It stays where it is and in the list, so the query that needs it
+                // fails with the error instead of answering without its rows; the next
+                // query tries again.
+                Err(e) => {
+                    self.inner
+                        .stats
+                        .transient_read_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!(path = %f.path, error = %e, "reading a Parquet file failed (not quarantined; retried by the next query)");
+                    *self
+                        .inner
+                        .last_read_error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(format!("{}: {e}", f.path));
+                    ok.push(f);
+                }
             }
         }
         ok
+    }
+
+    /// Opens a file's Parquet footer, trying a read that fails three times (100, 200 ms
+    /// apart) before giving up.
+    #[allow(deprecated)] // ParquetObjectReader: still the simplest footer check over object_store
+    async fn open_footer(&self, f: &FileEntry) -> Result<(), parquet::errors::ParquetError> {
+        let mut wait = Duration::from_millis(100);
+        let mut attempt = 0;
+        loop {
+            let reader = parquet::arrow::async_reader::ParquetObjectReader::new(
+                self.inner.objects.clone(),
+                Path::from(f.path.as_str()),
+            )
+            .with_file_size(f.bytes);
+            let e = match parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader).await {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            if !matches!(e, parquet::errors::ParquetError::External(_)) {
+                return Err(e);
+            }
+            // A read failed. A file that is there but not the size its manifest recorded is
+            // damaged (truncated or replaced), not unreachable. A file that is not found is
+            // left alone: it may be a stale view of a manifest another process rewrote.
+            if let Ok(meta) = self.inner.objects.head(&Path::from(f.path.as_str())).await
+                && meta.size != f.bytes
+            {
+                return Err(parquet::errors::ParquetError::General(format!(
+                    "the file is {} bytes, its manifest says {}",
+                    meta.size, f.bytes
+                )));
+            }
+            match e {
+                e if attempt < 2 => {
+                    debug!(path = %f.path, error = %e, "reading a Parquet footer failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                    attempt += 1;
+                }
+                e => return Err(e),
+            }
+        }
     }
 
     pub(crate) async fn quarantine(&self, table: Table, f: &FileEntry, reason: String) {
@@ -192,6 +248,7 @@ impl Store {
             read_only: self.inner.cfg.read_only,
             fsync: self.inner.cfg.fsync,
             buffered_bytes: st.buffered_bytes,
+            charged_bytes: self.inner.charged.load(Ordering::Relaxed),
             wal_segments: st.segments.len(),
             tables,
             quarantined: self
@@ -214,6 +271,14 @@ impl Store {
             rejected_overload: l(&s.rejected_overload),
             refused_window: l(&s.refused_window),
             wal_records_skipped: l(&s.wal_records_skipped),
+            compaction_failures: l(&s.compaction_failures),
+            transient_read_errors: l(&s.transient_read_errors),
+            last_read_error: self
+                .inner
+                .last_read_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 

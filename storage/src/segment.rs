@@ -109,6 +109,33 @@ pub fn encode_segment(
     Ok(out)
 }
 
+/// Encodes batches as a temporary sorted run for compaction's merge: segment order, fast
+/// compression, no bloom filters or page statistics (a run is read once, front to back).
+pub fn encode_run(table: Table, batches: &[RecordBatch]) -> Result<Vec<u8>, StoreError> {
+    let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
+    let mut out = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut out, table.schema(), Some(run_properties()))?;
+    if !batches.is_empty() {
+        let order = segment_order(table, &batches)?;
+        for chunk in order.chunks(SORT_CHUNK_ROWS) {
+            w.write(&interleave_record_batch(&batches, chunk)?)?;
+        }
+    }
+    w.close()?;
+    Ok(out)
+}
+
+/// Writer settings of temporary runs (see [`encode_run`]): LZ4, which needs no per-column
+/// decoder state (a zstd decoder per column of every open run was the merge's largest
+/// allocation).
+pub fn run_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::LZ4_RAW)
+        .set_statistics_enabled(EnabledStatistics::None)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .build()
+}
+
 /// Whether a file of `table` at compaction `level` has its rows in segment order: compacted
 /// files always, flushed ones only for tables without bloom filters (stat samples).
 pub fn is_sorted(table: Table, level: u32) -> bool {

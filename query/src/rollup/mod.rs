@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use meshscope_schemas::Table;
-use meshscope_storage::{BatchObserver, StoreReader};
+use meshscope_storage::{BatchObserver, Charge, StoreReader};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tracing::{info, warn};
 
@@ -81,7 +81,7 @@ struct Shared {
 #[derive(Clone)]
 pub struct Rollups {
     shared: Arc<Shared>,
-    tx: mpsc::Sender<(Table, RecordBatch)>,
+    tx: mpsc::Sender<(Table, RecordBatch, Charge)>,
 }
 
 impl Rollups {
@@ -96,7 +96,7 @@ impl Rollups {
             loaded: AtomicBool::new(false),
             rows: AtomicU64::new(0),
         });
-        let (tx, rx) = mpsc::channel::<(Table, RecordBatch)>();
+        let (tx, rx) = mpsc::channel::<(Table, RecordBatch, Charge)>();
         let worker = shared.clone();
         let _ = std::thread::Builder::new()
             .name("meshscope-rollup".into())
@@ -104,8 +104,10 @@ impl Rollups {
                 let mut last_prune = Instant::now();
                 loop {
                     match rx.recv_timeout(Duration::from_secs(1)) {
-                        Ok((table, batch)) => {
+                        Ok((table, batch, charge)) => {
                             worker.fold(table, &batch);
+                            // the batch no longer counts against the buffer limit
+                            drop((batch, charge));
                             worker.done.fetch_add(1, Ordering::Release);
                         }
                         Err(mpsc::RecvTimeoutError::Timeout) => worker.settle_spans(false),
@@ -128,10 +130,10 @@ impl Rollups {
     pub fn observer(&self) -> BatchObserver {
         let tx = std::sync::Mutex::new(self.tx.clone());
         let shared = self.shared.clone();
-        Arc::new(move |table: Table, batch: &RecordBatch| {
+        Arc::new(move |table: Table, batch: &RecordBatch, charge: Charge| {
             shared.sent.fetch_add(1, Ordering::AcqRel);
             let tx = tx.lock().unwrap_or_else(|e| e.into_inner());
-            if tx.send((table, batch.clone())).is_err() {
+            if tx.send((table, batch.clone(), charge)).is_err() {
                 // The folding thread is gone (shutdown): count it as done so readers don't wait.
                 shared.done.fetch_add(1, Ordering::Release);
             }

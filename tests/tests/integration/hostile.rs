@@ -402,3 +402,51 @@ fn idle_connections_and_streams_are_closed_and_requests_still_answer() {
         .unwrap_or(0.0);
     assert!(closed >= 2000.0, "{line}");
 }
+
+/// 2M spans into one hour while compaction runs every 3 s: the compactions merge with
+/// bounded memory (peak RSS at most 512 MiB with the default buffer), and every span is
+/// stored exactly once.
+#[test]
+fn compaction_of_a_big_hour_stays_within_512_mib() {
+    let spans: usize = 2_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        "serve",
+        &dir.path().join("d"),
+        &["--maintenance-interval", "3s", "--wal-fsync", "never"],
+    );
+    let out = std::process::Command::new(meshscope_tests::meshscope_bin())
+        .args(["bench", "otlp", "--target"])
+        .arg(format!("grpc://{}", server.otlp_grpc.as_deref().unwrap()))
+        .args([
+            "--spans",
+            &spans.to_string(),
+            "--distinct",
+            &spans.to_string(),
+        ])
+        .args(["--concurrency", "2", "--max-time", "600s"])
+        .output()
+        .expect("meshscope bench otlp");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&format!("spans_acked={spans} ")), "{text}");
+    // let maintenance compact what the flushes wrote
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let (_, st) = server.get_json("/api/v1/status");
+        if st["storage"]["compactions"].as_u64().unwrap_or(0) >= 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no compaction: {st}");
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    let peak = peak_rss(server.child.id());
+    println!("2M spans: peak RSS {} MiB", peak >> 20);
+    let n = server.sql("SELECT count(*) AS n, count(DISTINCT span_id) AS d FROM spans");
+    assert_eq!(n, vec![json!({"n": spans, "d": spans})]);
+    assert!(peak <= 512 << 20, "peak RSS {} MiB", peak >> 20);
+}

@@ -566,6 +566,60 @@ async fn compaction_merges_an_hour_into_one_sorted_file() {
     store.shutdown().await.unwrap();
 }
 
+/// A file that cannot be read for a while (here: a directory stands where it was, so every
+/// read fails with an I/O error, as an S3 503 or EACCES would) is not quarantined: the query
+/// that needs it fails and says why, the status reports it, and once the file is back the
+/// same query answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_read_error_quarantines_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(cfg(dir.path())).await.unwrap();
+    let t = hour_start_ns(1);
+    let rows: Vec<_> = (0..10u64)
+        .map(|i| request(i, t, &format!("tr-{i}")))
+        .collect();
+    store
+        .append(Table::Requests, requests_batch(&rows).unwrap())
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    let victim = format!("/{}", store.manifests(Table::Requests)[0].files[0].path);
+    store.shutdown().await.unwrap();
+    let aside = format!("{victim}.aside");
+    std::fs::rename(&victim, &aside).unwrap();
+    std::fs::create_dir(&victim).unwrap();
+
+    let store = Store::open(cfg(dir.path())).await.unwrap();
+    let engine = QueryEngine::new(store.clone()).unwrap();
+    let err = engine
+        .query("SELECT count(*) AS n FROM requests", SqlLimits::default())
+        .await
+        .err()
+        .expect("the query needs the unreadable file and fails");
+    assert!(!err.to_string().is_empty());
+    let status = store.status();
+    assert!(status.quarantined.is_empty(), "{:?}", status.quarantined);
+    assert!(status.transient_read_errors >= 1);
+    assert!(
+        status
+            .last_read_error
+            .as_deref()
+            .is_some_and(|e| e.contains(victim.trim_start_matches('/'))),
+        "{:?}",
+        status.last_read_error
+    );
+    // the file comes back: the same query answers, with every row
+    std::fs::remove_dir(&victim).unwrap();
+    std::fs::rename(&aside, &victim).unwrap();
+    let out = engine
+        .query("SELECT count(*) AS n FROM requests", SqlLimits::default())
+        .await
+        .unwrap();
+    assert_eq!(rows_of(&out.batches), vec![r#"{"n":10}"#.to_string()]);
+    assert!(store.status().quarantined.is_empty());
+    store.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parquet_file_that_fails_to_open_is_quarantined_not_fatal() {
     let dir = tempfile::tempdir().unwrap();
