@@ -52,12 +52,26 @@ fn classify(e: DataFusionError) -> SqlError {
     {
         SqlError::NotReadOnly(msg)
     } else {
+        use arrow::error::ArrowError;
         match e.find_root() {
             DataFusionError::SQL(..)
             | DataFusionError::Plan(_)
             | DataFusionError::SchemaError(..)
             | DataFusionError::NotImplemented(_) => SqlError::Invalid(msg),
             DataFusionError::ResourcesExhausted(_) => SqlError::MemoryLimit(msg),
+            // values the query asked for that do not exist: '1000' AS INT is fine, 'x' is not
+            DataFusionError::ArrowError(a, _)
+                if matches!(
+                    **a,
+                    ArrowError::CastError(_)
+                        | ArrowError::ParseError(_)
+                        | ArrowError::DivideByZero
+                        | ArrowError::ArithmeticOverflow(_)
+                        | ArrowError::InvalidArgumentError(_)
+                ) =>
+            {
+                SqlError::Invalid(msg)
+            }
             _ => SqlError::Execution(msg),
         }
     }

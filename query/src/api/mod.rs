@@ -6,6 +6,8 @@
 //! function, so tests drive it with `oneshot`.
 
 pub mod admission;
+#[cfg(test)]
+mod fuzz;
 pub mod limits;
 pub mod time;
 
