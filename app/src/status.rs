@@ -300,6 +300,16 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
             one(q.admission.refused.load(Relaxed) as f64),
         );
     }
+    if let Some(i) = &s.ingest {
+        metric(
+            "meshscope_identity_refused_total",
+            "counter",
+            "Pushed identities not learned: they would rename an address an Envoy admin scrape or log path named, or grow the address book past its bound.",
+            one(i
+                .identity_refused
+                .load(std::sync::atomic::Ordering::Relaxed) as f64),
+        );
+    }
     if s.ingest.is_some() {
         meshscope_collector::envoy::tail::write_metrics(&s.sources, &mut out);
     }

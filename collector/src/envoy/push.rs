@@ -53,6 +53,8 @@ pub struct EnvoyIngest {
     /// Lines read from `--access-log` files (see `tail`).
     pub accesslog_files: ReceiverCounters,
     pub stats: ReceiverCounters,
+    /// Push identities not learned (see `AddressBook::learn`).
+    pub identity_refused: AtomicU64,
 }
 
 impl EnvoyIngest {
@@ -65,16 +67,34 @@ impl EnvoyIngest {
             accesslog: ReceiverCounters::default(),
             accesslog_files: ReceiverCounters::default(),
             stats: ReceiverCounters::default(),
+            identity_refused: AtomicU64::new(0),
         })
     }
 
-    /// Remembers a proxy's address so lines from its peers can name it.
+    /// Remembers a proxy's address so lines from its peers can name it, as a source the
+    /// operator configured says (an admin scrape, a kubelet log path).
     pub fn learn(&self, proxy: &ProxyIdentity) {
+        self.learn_from(proxy, true);
+    }
+
+    /// [`EnvoyIngest::learn`] for a self-declared identity (a push's parameters): it may
+    /// not rename an address a trusted source named, nor grow the book past its bound.
+    pub fn learn_pushed(&self, proxy: &ProxyIdentity) {
+        self.learn_from(proxy, false);
+    }
+
+    fn learn_from(&self, proxy: &ProxyIdentity, trusted: bool) {
         if let Some(ip) = &proxy.ip {
-            self.book
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(ip.clone(), proxy.clone());
+            let learned = self.book.write().unwrap_or_else(|e| e.into_inner()).learn(
+                ip.clone(),
+                proxy.clone(),
+                trusted,
+            );
+            if let Err(why) = learned
+                && self.identity_refused.fetch_add(1, Ordering::Relaxed) == 0
+            {
+                tracing::warn!(%why, "a pushed identity was not learned (further ones are counted in /metrics)");
+            }
         }
     }
 }
@@ -135,7 +155,7 @@ async fn push_accesslog(
         Err(msg) => return error(StatusCode::BAD_REQUEST, "bad_data", msg),
     };
     let proxy = p.identity();
-    s.learn(&proxy);
+    s.learn_pushed(&proxy);
     let st = s.clone();
     let parsed = tokio::task::spawn_blocking(move || {
         let book = st.book.read().unwrap_or_else(|e| e.into_inner());
@@ -191,7 +211,7 @@ async fn push_stats(
         Err(msg) => return error(StatusCode::BAD_REQUEST, "bad_data", msg),
     };
     let proxy = p.identity();
-    s.learn(&proxy);
+    s.learn_pushed(&proxy);
     match store_stats(&s, &text, &proxy).await {
         Ok((stored, rejected)) => ingest_response(stored, &rejected),
         Err(e) => store_error(&e),

@@ -84,15 +84,34 @@ pub fn address_host(address: &str) -> &str {
 #[derive(Debug, Clone, Default)]
 pub struct AddressBook {
     by_ip: HashMap<String, ProxyIdentity>,
+    /// Addresses whose identity came from a source the operator configured (an Envoy admin
+    /// scrape, a kubelet log path), which a self-declared push may not rewrite.
+    trusted: std::collections::HashSet<String>,
 }
+
+/// Addresses the book holds at most: a push naming a new address beyond it is not learned
+/// (each entry is a few hundred bytes; a mesh has far fewer pods).
+pub const MAX_ADDRESSES: usize = 100_000;
 
 impl AddressBook {
     pub fn new() -> AddressBook {
         AddressBook::default()
     }
 
-    /// Records who is at `ip` (a port, if given, is dropped).
+    /// Records who is at `ip` (a port, if given, is dropped), as a trusted source says.
     pub fn insert(&mut self, ip: impl Into<String>, identity: ProxyIdentity) {
+        let _ = self.learn(ip, identity, true);
+    }
+
+    /// Records who is at `ip`. A `trusted` source (configured by the operator) always wins;
+    /// a self-declared one (a push's `ip=`) may not rewrite an address a trusted source
+    /// named for another pod, nor add one beyond [`MAX_ADDRESSES`]. The refusal says why.
+    pub fn learn(
+        &mut self,
+        ip: impl Into<String>,
+        identity: ProxyIdentity,
+        trusted: bool,
+    ) -> Result<(), String> {
         let ip = ip.into();
         let host = address_host(&ip);
         let key = if host.len() == ip.len() {
@@ -100,7 +119,27 @@ impl AddressBook {
         } else {
             host.to_string()
         };
+        if !trusted {
+            if let Some(held) = self.by_ip.get(&key)
+                && self.trusted.contains(&key)
+                && (held.pod != identity.pod || held.namespace != identity.namespace)
+            {
+                return Err(format!(
+                    "{key} belongs to pod {} (learned from its Envoy admin or log path); a push may not rename it",
+                    held.pod.as_deref().unwrap_or("?")
+                ));
+            }
+            if !self.by_ip.contains_key(&key) && self.by_ip.len() >= MAX_ADDRESSES {
+                return Err(format!(
+                    "the address book holds {MAX_ADDRESSES} addresses; {key} is not learned"
+                ));
+            }
+        }
+        if trusted {
+            self.trusted.insert(key.clone());
+        }
         self.by_ip.insert(key, identity);
+        Ok(())
     }
 
     /// Who is at `address`, an IP with or without port (`10.1.2.3:8080`, `[::1]:80`).

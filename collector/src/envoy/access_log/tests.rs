@@ -614,3 +614,41 @@ fn bench_parse_prints_lines_per_second() {
         rate.per_cpu_second.unwrap_or(0.0)
     );
 }
+
+#[test]
+fn a_push_may_not_rename_an_address_a_trusted_source_named() {
+    let who = |pod: &str| ProxyIdentity {
+        pod: Some(pod.into()),
+        namespace: Some("default".into()),
+        ..Default::default()
+    };
+    let mut b = AddressBook::new();
+    // the Envoy admin scrape says 10.0.0.5 is reviews-v1
+    b.learn("10.0.0.5", who("reviews-v1-abc"), true).unwrap();
+    // a push claims it for another pod: refused, the book unchanged
+    let e = b.learn("10.0.0.5:9080", who("evil-0"), false).unwrap_err();
+    assert!(e.contains("belongs to pod reviews-v1-abc"), "{e}");
+    assert_eq!(
+        b.get("10.0.0.5").unwrap().pod.as_deref(),
+        Some("reviews-v1-abc")
+    );
+    // the same pod pushing its own address is fine, and so is a new address
+    b.learn("10.0.0.5", who("reviews-v1-abc"), false).unwrap();
+    b.learn("10.0.0.6", who("ratings-v1-x"), false).unwrap();
+    // a pushed address may be taken over by a trusted source (IP reuse)
+    b.learn("10.0.0.6", who("details-v1-y"), true).unwrap();
+    assert_eq!(
+        b.get("10.0.0.6").unwrap().pod.as_deref(),
+        Some("details-v1-y")
+    );
+    // the book stops growing from pushes at its bound
+    let mut big = AddressBook::new();
+    for i in 0..crate::envoy::access_log::identity::MAX_ADDRESSES {
+        big.learn(format!("ip-{i}"), who("p"), false).unwrap();
+    }
+    assert!(big.learn("one-more", who("p"), false).is_err());
+    assert!(
+        big.learn("one-more", who("p"), true).is_ok(),
+        "trusted sources still add"
+    );
+}
