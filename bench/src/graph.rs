@@ -210,6 +210,7 @@ fn run_one(edges: usize, rps: usize, minutes: usize, iterations: usize) -> anyho
             let ev = meshscope_query::prom::eval::Evaluator {
                 series: map,
                 now_ms: now * 1000,
+                deadline: None,
             };
             let out = meshscope_query::prom::eval_range(
                 &ev,

@@ -94,6 +94,9 @@ fn offset_ms(o: &Option<Offset>) -> i64 {
 pub struct Evaluator {
     pub series: HashMap<String, Vec<Series>>,
     pub now_ms: i64,
+    /// When evaluation gives up ("query timed out"): checked at every node, so a subquery
+    /// over many steps or a long range stops at the query's deadline and frees its thread.
+    pub deadline: Option<std::time::Instant>,
 }
 
 fn drop_name(mut l: Labels) -> Labels {
@@ -103,6 +106,12 @@ fn drop_name(mut l: Labels) -> Labels {
 
 impl Evaluator {
     pub fn eval(&self, e: &Expr, t: i64) -> Result<Value, EvalError> {
+        if self
+            .deadline
+            .is_some_and(|d| std::time::Instant::now() >= d)
+        {
+            return Err(EvalError("query timed out".into()));
+        }
         match e {
             Expr::NumberLiteral(n) => Ok(Value::Scalar(n.val)),
             Expr::StringLiteral(s) => Ok(Value::String(s.val.clone())),

@@ -177,6 +177,7 @@ async fn prepare(
     expr: &promql_parser::parser::Expr,
     from: i64,
     to: i64,
+    deadline: Instant,
 ) -> Result<Evaluator, PromError> {
     let mut sels = Vec::new();
     selectors(expr, &mut sels).map_err(|e| fail("bad_data", e))?;
@@ -213,6 +214,7 @@ async fn prepare(
     Ok(Evaluator {
         series: map,
         now_ms: now_ms(),
+        deadline: Some(deadline),
     })
 }
 
@@ -379,7 +381,7 @@ async fn prepare_by(
     deadline: Instant,
 ) -> Result<Evaluator, PromError> {
     let timeout = s.timeout;
-    match tokio::time::timeout(left(deadline), prepare(s, expr, from, to)).await {
+    match tokio::time::timeout(left(deadline), prepare(s, expr, from, to, deadline)).await {
         Ok(r) => r,
         Err(_) => Err(fail(
             "timeout",

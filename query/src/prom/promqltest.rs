@@ -171,6 +171,7 @@ pub fn run(name: &str, text: &str) -> usize {
             let ev = Evaluator {
                 series: map,
                 now_ms: i64::MAX / 4,
+                deadline: None,
             };
             ev.eval(&expr, t).map_err(|e| e.to_string())
         })();

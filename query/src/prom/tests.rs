@@ -61,6 +61,7 @@ fn eval(r: &Rollups, q: &str, t_ms: i64) -> Value {
     Evaluator {
         series: map,
         now_ms: (T0 + 3600) * 1000,
+        deadline: None,
     }
     .eval(&expr, t_ms)
     .unwrap()
@@ -278,6 +279,7 @@ fn a_range_evaluation_stops_at_its_deadline() {
     let ev = Evaluator {
         series: HashMap::new(),
         now_ms: 3_600_000,
+        deadline: None,
     };
     let all = super::eval_range(&ev, &expr, 0, 3_600_000, 15_000, None).unwrap();
     assert_eq!(all.values().map(Vec::len).sum::<usize>(), 241);
