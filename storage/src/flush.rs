@@ -97,6 +97,28 @@ impl Store {
         Ok(())
     }
 
+    /// A new segment file of `(table, hour)`: the temporary name it is written under, and
+    /// the name [`Store::publish_segment`] gives it.
+    pub(crate) fn new_segment_paths(&self, table: Table, hour: i64) -> (Path, Path) {
+        let dir = hour_dir(&self.inner.root, table, hour);
+        let id = format!("{:020}-{:08x}", now_ns(), rand_u32());
+        (
+            Path::from(format!("{}/.{}.parquet.tmp", dir.as_ref(), id)),
+            Path::from(format!("{}/{}.parquet", dir.as_ref(), id)),
+        )
+    }
+
+    /// Renames a fully written segment into place, durably, and counts it.
+    pub(crate) async fn publish_segment(&self, tmp: &Path, dest: &Path) -> Result<(), StoreError> {
+        self.inner.objects.rename(tmp, dest).await?;
+        self.sync_written(dest)?;
+        self.inner
+            .stats
+            .files_written
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Makes a file just written durable before anything relies on it (a WAL segment is
     /// deleted only after the files and manifests holding its rows are): on a local data
     /// directory, fsync of the file and of its directory (the rename that put it there). On
@@ -219,21 +241,13 @@ impl Store {
         })
         .await
         .map_err(|e| StoreError::Internal(e.to_string()))??;
-        let dir = hour_dir(&self.inner.root, table, hour);
-        let id = format!("{:020}-{:08x}", now_ns(), rand_u32());
-        let final_path = Path::from(format!("{}/{}.parquet", dir.as_ref(), id));
-        let tmp_path = Path::from(format!("{}/.{}.parquet.tmp", dir.as_ref(), id));
+        let (tmp_path, final_path) = self.new_segment_paths(table, hour);
         let size = bytes.len() as u64;
         self.inner
             .objects
             .put(&tmp_path, PutPayload::from(bytes))
             .await?;
-        self.inner.objects.rename(&tmp_path, &final_path).await?;
-        self.sync_written(&final_path)?;
-        self.inner
-            .stats
-            .files_written
-            .fetch_add(1, Ordering::Relaxed);
+        self.publish_segment(&tmp_path, &final_path).await?;
         let entry = segment::file_entry(table, &batches, final_path.to_string(), size, level);
         let n = entry.rows as usize;
         Ok((entry, n))

@@ -207,17 +207,9 @@ impl Store {
             tokio::task::spawn_blocking(move || merge::merge_all(table, runs, rows, level, &out2))
                 .await
                 .map_err(|e| StoreError::Internal(e.to_string()))??;
-        let dir = hour_dir(&self.inner.root, table, hour);
-        let id = format!("{:020}-{:08x}", now_ns(), rand_u32());
-        let final_path = Path::from(format!("{}/{}.parquet", dir.as_ref(), id));
-        let tmp_path = Path::from(format!("{}/.{}.parquet.tmp", dir.as_ref(), id));
+        let (tmp_path, final_path) = self.new_segment_paths(table, hour);
         let size = merge::upload(&*self.inner.objects, &out, &tmp_path).await?;
-        self.inner.objects.rename(&tmp_path, &final_path).await?;
-        self.sync_written(&final_path)?;
-        self.inner
-            .stats
-            .files_written
-            .fetch_add(1, Ordering::Relaxed);
+        self.publish_segment(&tmp_path, &final_path).await?;
         entry.path = final_path.to_string();
         entry.bytes = size;
         Ok(Some((entry, inputs)))
