@@ -13,6 +13,7 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use meshscope_schemas::Table;
 use meshscope_storage::StoreReader;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::api::limits::{Dialect, check_query_shape};
 use crate::provider::StoreTable;
@@ -168,7 +169,7 @@ impl QueryEngine {
             // computes without yielding; the task is aborted when the deadline passes or the
             // caller goes away (this future is dropped), and stops at its next yield,
             // freeing its memory.
-            let exec = AbortOnDrop(tokio::spawn(async move {
+            let exec = AbortOnDropHandle::new(tokio::spawn(async move {
                 let mut stream = execute_stream(plan.clone(), task).map_err(classify)?;
                 let mut batches = Vec::new();
                 let mut rows = 0usize;
@@ -203,25 +204,6 @@ impl QueryEngine {
     pub async fn query_json(&self, sql: &str, limits: SqlLimits) -> Result<Vec<u8>, SqlError> {
         let out = self.query(sql, limits).await?;
         batches_to_json(&out.batches).map_err(|e| SqlError::Execution(e.to_string()))
-    }
-}
-
-/// A task handle that aborts the task when dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-impl<T> std::future::Future for AbortOnDrop<T> {
-    type Output = Result<T, tokio::task::JoinError>;
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx)
     }
 }
 

@@ -121,14 +121,6 @@ impl Charge {
             pool: pool.clone(),
         }
     }
-
-    /// A charge on nothing (tests, observers fed outside a store).
-    pub fn none() -> Charge {
-        Charge {
-            bytes: 0,
-            pool: Default::default(),
-        }
-    }
 }
 
 impl Drop for Charge {

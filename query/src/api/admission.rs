@@ -73,11 +73,6 @@ impl Admission {
             .and_then(Result::ok)
     }
 
-    /// The 429 answer.
-    pub fn too_many(&self) -> Response {
-        self.busy()
-    }
-
     /// Queries running now.
     pub fn running(&self) -> usize {
         self.cfg.max_running.max(1) - self.permits.available_permits()
@@ -87,7 +82,8 @@ impl Admission {
         router.layer(axum::middleware::from_fn_with_state(self, admit))
     }
 
-    fn busy(&self) -> Response {
+    /// The 429 answer, counted.
+    pub fn too_many(&self) -> Response {
         self.refused.fetch_add(1, Ordering::Relaxed);
         let msg = format!(
             "too many queries: {} run at once and {} wait (--max-concurrent-queries); retry shortly",
@@ -114,13 +110,13 @@ async fn admit(State(a): State<Admission>, req: Request, next: Next) -> Response
         Err(_) => {
             if a.waiting.fetch_add(1, Ordering::AcqRel) >= a.cfg.max_waiting {
                 a.waiting.fetch_sub(1, Ordering::AcqRel);
-                return a.busy();
+                return a.too_many();
             }
             let got = tokio::time::timeout(a.cfg.wait, a.permits.clone().acquire_owned()).await;
             a.waiting.fetch_sub(1, Ordering::AcqRel);
             match got {
                 Ok(Ok(p)) => p,
-                _ => return a.busy(),
+                _ => return a.too_many(),
             }
         }
     };
