@@ -252,6 +252,20 @@ pub fn read(mut resp: ureq::http::Response<ureq::Body>) -> (u16, Value) {
     (status, v)
 }
 
+/// Every file under `dir`, recursively (none if it does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// Unix nanoseconds of the start of the current hour minus `hours_ago` hours, plus `offset_ns`.
 pub fn hour_start_ns(hours_ago: i64) -> i64 {
     let now = std::time::SystemTime::now()

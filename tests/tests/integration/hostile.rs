@@ -221,7 +221,7 @@ fn spans_outside_the_ingest_window_are_refused_and_reported() {
     // after the flush: one hour partition of spans on disk
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let hours = loop {
-        let hours: Vec<_> = walk(&data.join("spans"))
+        let hours: Vec<_> = meshscope_tests::files_under(&data.join("spans"))
             .into_iter()
             .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
             .filter_map(|p| p.parent().map(|d| d.to_path_buf()))
@@ -236,19 +236,6 @@ fn spans_outside_the_ingest_window_are_refused_and_reported() {
     assert_eq!(hours.len(), 1, "{hours:?}");
     let (_, st) = server.get_json("/api/v1/status");
     assert_eq!(st["storage"]["refused_window"], 3000, "{st}");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// Raises this test process's open-files limit: the test holds thousands of sockets.

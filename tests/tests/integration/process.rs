@@ -2,7 +2,7 @@
 //! bad lines, clean shutdown on SIGTERM, collector and query as separate processes, and the
 //! `meshscope sql` command.
 
-use meshscope_tests::{Server, hour_start_ns, meshscope_bin, read};
+use meshscope_tests::{Server, files_under, hour_start_ns, meshscope_bin, read};
 use serde_json::{Value, json};
 
 fn request_lines(n: usize, prefix: &str) -> String {
@@ -169,14 +169,14 @@ fn sigterm_flushes_to_parquet_and_exits_cleanly() {
     let st = server.terminate();
     assert!(st.success(), "exit status {st}");
     // the rows are in Parquet, the WAL holds nothing to replay
-    let parquet: Vec<_> = walk(&data.join("requests"))
+    let parquet: Vec<_> = files_under(&data.join("requests"))
         .into_iter()
-        .filter(|p| p.ends_with(".parquet"))
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
         .collect();
     assert_eq!(parquet.len(), 1, "{parquet:?}");
-    let wal_bytes: u64 = walk(&data.join("wal"))
+    let wal_bytes: u64 = files_under(&data.join("wal"))
         .iter()
-        .filter(|p| p.ends_with(".wal"))
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
         .map(|p| std::fs::metadata(p).unwrap().len())
         .sum();
     assert_eq!(wal_bytes, 0);
@@ -236,19 +236,4 @@ fn collector_and_query_run_as_separate_processes_on_one_storage() {
     let (_, status) = query.get_json("/api/v1/status");
     assert_eq!(status["role"], "query");
     assert_eq!(status["storage"]["read_only"], true);
-}
-
-fn walk(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p.to_string_lossy().into_owned());
-            }
-        }
-    }
-    out
 }

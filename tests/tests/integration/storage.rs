@@ -177,20 +177,9 @@ async fn wrong_typed_column_is_rejected_by_name() {
     store.shutdown().await.unwrap();
 }
 
-/// Byte offsets of the records of a WAL segment (`len: u32 | crc: u32 | payload`).
-fn record_offsets(bytes: &[u8]) -> Vec<usize> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos + 8 <= bytes.len() {
-        out.push(pos);
-        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
-        pos += 8 + len;
-    }
-    out
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_corrupt_wal_record_in_the_middle_is_skipped_and_the_records_after_it_replay() {
+/// A store with five appends of ten requests (`b0-…` to `b4-…`) in the WAL, halted without a
+/// flush; its directory, the current hour's start and the last WAL segment.
+async fn five_appends_in_the_wal() -> (tempfile::TempDir, i64, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let t = hour_start_ns(0);
     let store = Store::open(cfg(dir.path())).await.unwrap();
@@ -209,6 +198,24 @@ async fn a_corrupt_wal_record_in_the_middle_is_skipped_and_the_records_after_it_
         &wal_dir,
         *wal::list_segments(&wal_dir).unwrap().last().unwrap(),
     );
+    (dir, t, seg)
+}
+
+/// Byte offsets of the records of a WAL segment (`len: u32 | crc: u32 | payload`).
+fn record_offsets(bytes: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos + 8 <= bytes.len() {
+        out.push(pos);
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+        pos += 8 + len;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_wal_record_in_the_middle_is_skipped_and_the_records_after_it_replay() {
+    let (dir, _, seg) = five_appends_in_the_wal().await;
     let mut bytes = std::fs::read(&seg).unwrap();
     let offsets = record_offsets(&bytes);
     assert!(offsets.len() >= 5, "{offsets:?}");
@@ -240,25 +247,8 @@ async fn a_corrupt_wal_record_in_the_middle_is_skipped_and_the_records_after_it_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_wal_tail_is_truncated_and_earlier_rows_survive() {
-    let dir = tempfile::tempdir().unwrap();
-    let t = hour_start_ns(0);
-    let store = Store::open(cfg(dir.path())).await.unwrap();
-    for k in 0..5u64 {
-        let rows: Vec<_> = (0..10)
-            .map(|i| request(i, t, &format!("b{k}-{i}")))
-            .collect();
-        store
-            .append(Table::Requests, requests_batch(&rows).unwrap())
-            .await
-            .unwrap();
-    }
-    store.halt().await;
+    let (dir, t, seg) = five_appends_in_the_wal().await;
     // flip one byte inside the last record: its checksum fails
-    let wal_dir = dir.path().join("wal");
-    let seg = wal::segment_path(
-        &wal_dir,
-        *wal::list_segments(&wal_dir).unwrap().last().unwrap(),
-    );
     let mut bytes = std::fs::read(&seg).unwrap();
     let n = bytes.len();
     bytes[n - 20] ^= 0xff;
